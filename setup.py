@@ -1,0 +1,31 @@
+"""Install the ``ldm`` package: ``pip install -e .`` (core) or ``pip install -e .[dev]`` (tests).
+
+torch is required but never replaced: if one is installed (CPU or CUDA build) any version >= 2.4 is kept.
+torchvision and lpips are *not* needed: the perceptual loss is implemented in ``ldm.modules.lpips``.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="collaborative-diffusion",
+    version="0.1.0",
+    description="Collaborative Diffusion for multi-modal face generation and editing (CVPR 2023), reproduced",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ldm", "ldm.*"]),
+    package_data={"ldm": ["assets/*.txt"]},
+    install_requires=[
+        "torch>=2.4",
+        "pytorch-lightning>=2.4,<3",
+        "omegaconf>=2.3",
+        "transformers>=4.40",
+        "einops>=0.7",
+        "numpy>=1.24",
+        "pillow>=10",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+        "tensorboard>=2.12",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100"],
+    },
+)
