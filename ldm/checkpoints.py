@@ -1,0 +1,385 @@
+"""Reading and writing checkpoints: atomic files, safe loading, strict key matching, released layouts.
+
+Three file kinds are read the same way by :func:`load_state_dict`:
+
+* Lightning ``.ckpt`` files (ours and the authors' released ones) -- the ``state_dict`` entry;
+* plain ``torch.save`` ``.pt``/``.pth`` state dicts;
+* ``.safetensors`` files (what ``scripts/convert_checkpoint.py`` writes and what we ship).
+
+Loading uses ``torch.load(weights_only=True)`` (PyTorch >= 2.6's default). Some older Lightning files
+also pickle hyper-parameter objects (e.g. OmegaConf containers) that ``weights_only`` refuses; for those a
+restricted unpickler rebuilds tensors only and replaces every other object by an inert placeholder, so
+no code from the file is ever run.
+
+**Layouts.** The authors' released checkpoints name modules differently from this package only in their
+top-level prefixes (see ``docs/architecture.md``); :func:`to_native` and :func:`to_released` map between
+the two and check the released schedule buffers against ours. Everything inside the UNet, the VAE and
+the text encoder already uses the released names.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.nn as nn
+
+from ldm.config import load_config, loads_weights, instantiate
+from ldm.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_BUFFERS = (
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
+)
+
+# Released prefix -> native prefix, per checkpoint kind. Order matters (longest first).
+RELEASED_PREFIXES: dict[str, list[tuple[str, str]]] = {
+    "vae": [
+        ("encoder.", "vae.encoder."),
+        ("decoder.", "vae.decoder."),
+        ("quant_conv.", "vae.quant_conv."),
+        ("post_quant_conv.", "vae.post_quant_conv."),
+        ("loss.", "loss."),
+    ],
+    "ldm": [
+        ("model.diffusion_model.", "expert.unet."),
+        ("cond_stage_model.", "expert.cond_encoder."),
+        ("first_stage_model.", "vae."),
+    ],
+}
+COLLABORATIVE_MODALITIES = ("seg_mask", "text", "sketch")
+RELEASED_PREFIXES["collaborative"] = [("first_stage_model.", "vae.")]
+for _m in COLLABORATIVE_MODALITIES:
+    RELEASED_PREFIXES["collaborative"] += [
+        (f"model.{_m}_confidence_predictor.diffusion_model.", f"diffusers.{_m}.unet."),
+        (f"model.{_m}_unet.diffusion_model.", f"experts.{_m}.unet."),
+        (f"cond_stage_model.{_m}_cond_stage_model.", f"experts.{_m}.cond_encoder."),
+    ]
+
+# Keys some released files carry that no module of ours owns.
+IGNORED_RELEASED_KEYS = re.compile(r"^(model_ema\.|logvar$|.*\.num_batches_tracked_unused$)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Optional[dict] = None) -> None:
+    """Save a state dict as safetensors (contiguous CPU copies; shared storage is cloned), atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    atomic_write_bytes(path, save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Inert:
+    """Stands in for any non-tensor object found in a checkpoint pickle; runs no code."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
+        return _Inert()
+
+
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("builtins", "slice"),
+    ("builtins", "complex"),
+    ("torch", "Size"),
+    ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "Tensor"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    dropped: set[str] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS or (module == "torch" and name.endswith(("Storage", "dtype"))):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return super().find_class(module, name)
+        _RestrictedUnpickler.dropped.add(f"{module}.{name}")
+        return _Inert
+
+
+class _RestrictedPickleModule:
+    Unpickler = _RestrictedUnpickler
+    load = pickle.load
+    __name__ = "ldm_restricted_pickle"
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    _RestrictedUnpickler.dropped = set()
+    obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+    if _RestrictedUnpickler.dropped:
+        logger.info("%s: ignored non-tensor objects %s", path, sorted(_RestrictedUnpickler.dropped)[:8])
+    return obj
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file (any of the three kinds). Raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (see checkpoints/README.md)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        obj = _torch_load(path)
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated zip, bad header, not a checkpoint at all
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {str(err)[:120]}); "
+            "re-download or re-convert it, or resume from an earlier checkpoint"
+        ) from None
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors; is it a model checkpoint?")
+    return dict(obj)
+
+
+def detect_kind(state_dict: Mapping[str, Any]) -> tuple[str, str]:
+    """Return (layout, kind): layout 'released' or 'native'; kind 'vae', 'ldm' or 'collaborative'."""
+    keys = list(state_dict)
+    has = lambda prefix: any(k.startswith(prefix) for k in keys)  # noqa: E731
+    if any("_confidence_predictor." in k for k in keys):
+        return "released", "collaborative"
+    if has("model.diffusion_model."):
+        return "released", "ldm"
+    if has("encoder.") and has("decoder."):
+        return "released", "vae"
+    if has("diffusers.") or has("experts."):
+        return "native", "collaborative"
+    if has("expert."):
+        return "native", "ldm"
+    if has("vae."):
+        return "native", "vae"
+    return "unknown", "unknown"
+
+
+def to_native(state_dict: Mapping[str, torch.Tensor], schedule_buffers: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """Map a released-layout state dict to native keys (a native one is returned unchanged).
+
+    The released files store the 12 noise-schedule buffers; when ``schedule_buffers`` is given they must
+    match ours (else the checkpoint was trained with another schedule) and are then dropped.
+    """
+    layout, kind = detect_kind(state_dict)
+    if layout != "released":
+        return dict(state_dict)
+    table = RELEASED_PREFIXES[kind]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key in SCHEDULE_BUFFERS:
+            if schedule_buffers is not None and key in schedule_buffers:
+                ours = schedule_buffers[key].to(value.dtype)
+                if value.shape != ours.shape or not torch.allclose(value, ours, rtol=1e-4, atol=1e-7):
+                    raise CheckpointError(
+                        f"the checkpoint's '{key}' buffer differs from this config's noise schedule; set the "
+                        "config's schedule (linear_start, linear_end, num_timesteps) to the checkpoint's"
+                    )
+            continue
+        if IGNORED_RELEASED_KEYS.match(key):
+            continue
+        for old, new in table:
+            if key.startswith(old):
+                out[new + key[len(old):]] = value
+                break
+        else:
+            out[key] = value  # left for the strict load to report as unexpected
+    return out
+
+
+def to_released(state_dict: Mapping[str, torch.Tensor], schedule_buffers: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """Map native keys to the released layout (inverse of :func:`to_native`), adding schedule buffers."""
+    layout, kind = detect_kind(state_dict)
+    if layout != "native":
+        return dict(state_dict)
+    table = RELEASED_PREFIXES[kind]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        for old, new in sorted(table, key=lambda p: -len(p[1])):
+            if key.startswith(new):
+                out[old + key[len(new):]] = value
+                break
+        else:
+            out[key] = value
+    if kind != "vae" and schedule_buffers is not None:
+        out.update({k: v.clone() for k, v in schedule_buffers.items()})
+    return out
+
+
+def _describe(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load ``state_dict`` into ``module`` requiring exactly the same keys and shapes.
+
+    Raises CheckpointError listing missing and unexpected keys (and shape mismatches) by name.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_describe(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_describe(unexpected)}")
+        if shapes:
+            parts.append(
+                "shape mismatch: "
+                + _describe([f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in shapes], 4)
+            )
+        raise CheckpointError(
+            f"{source} does not match the model built from the config ({'; '.join(parts)}); "
+            "check that the config matches the checkpoint (resolution, sizes, modalities)"
+        )
+    module.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint_into(module: nn.Module, path: str | Path, kind: str, schedule_buffers: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+    """Read ``path``, check it is a ``kind`` checkpoint, map it to native keys and load it strictly."""
+    state = load_state_dict(path)
+    _, found = detect_kind(state)
+    if found != kind:
+        raise CheckpointError(
+            f"{path} is a {found} checkpoint but a {kind} checkpoint is expected here; check --ckpt / the config"
+        )
+    load_strict(module, to_native(state, schedule_buffers), source=str(path))
+
+
+@loads_weights
+def pretrained(config: str, component: str, ckpt: Optional[str] = None, load_weights: bool = True) -> nn.Module:
+    """Build ``model.params.<component>`` of another config and load its weights from ``ckpt``.
+
+    This is how a config names a pre-trained part: the frozen VAE of a latent diffusion model
+    (``config: configs/256_vae.yaml, component: vae``), or the frozen experts of the collaborative model
+    (``config: configs/256_text.yaml, component: expert``). ``ckpt`` may be a released or native
+    checkpoint of that config (or of any model that holds the component, e.g. an LDM file for the VAE).
+    With ``load_weights=False`` (summaries, or before loading a full checkpoint) no file is read.
+    """
+    cfg = load_config(config)
+    params = cfg.model.get("params") or {}
+    if component not in params:
+        raise ConfigError(f"{config} has no model.params.{component} to build a pre-trained {component} from")
+    module = instantiate(params[component], load_weights=load_weights)
+    if not load_weights:
+        return module
+    if ckpt is None:
+        raise ConfigError(
+            f"a pre-trained {component} is needed but no checkpoint is given; set its 'ckpt' in the config "
+            f"(train one with the scripts, or point to the released file; see checkpoints/README.md)"
+        )
+    state = to_native(load_state_dict(ckpt))
+    prefix = component + "."
+    # An LDM file holds the VAE as 'vae.'; a VAE file too. The expert lives at 'expert.'.
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not sub:
+        _, kind = detect_kind(state)
+        raise CheckpointError(f"{ckpt} holds no '{component}' weights (it is a {kind} checkpoint); check the config's ckpt")
+    load_strict(module, sub, source=f"{ckpt} ({component})")
+    return module
+
+
+def convert_file(src: str | Path, dst: str | Path, layout: str = "native", config: Optional[str] = None) -> tuple[str, int]:
+    """Read any checkpoint, map it to ``layout`` ('native' or 'released') and write ``dst``.
+
+    ``.safetensors`` outputs carry the kind and layout in their metadata; ``.ckpt``/``.pt`` outputs are
+    ``{"state_dict": ...}`` dicts. With ``config`` the native weights are first loaded strictly into the
+    model that config builds. Returns (kind, number of tensors).
+    """
+    from ldm.diffusion.schedule import NoiseSchedule
+
+    state = load_state_dict(src)
+    _, kind = detect_kind(state)
+    if kind == "unknown":
+        raise CheckpointError(f"{src}: cannot tell which model these weights belong to (no VAE, LDM or collaborative keys)")
+    native = to_native(state)
+    schedule = NoiseSchedule()
+    if config is not None:
+        cfg = load_config(config)
+        model = instantiate(cfg.model, load_weights=False)
+        if getattr(model, "checkpoint_kind", "vae") != kind:
+            raise CheckpointError(f"{src} is a {kind} checkpoint but {config} builds a {getattr(model, 'checkpoint_kind', 'vae')} model")
+        if hasattr(model, "schedule"):
+            schedule = model.schedule
+            native = to_native(state, schedule.released_buffers())
+        load_strict(model, native, source=str(src))
+    out = native if layout == "native" else to_released(native, schedule.released_buffers())
+    dst = Path(dst)
+    if dst.suffix == ".safetensors":
+        save_safetensors(out, dst, metadata={"kind": kind, "layout": layout})
+    elif dst.suffix in (".ckpt", ".pt", ".pth"):
+        atomic_torch_save({"state_dict": out}, dst)
+    else:
+        raise CheckpointError(f"--out {dst}: use a .safetensors, .ckpt or .pt file name")
+    return kind, len(out)

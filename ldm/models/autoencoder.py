@@ -1,0 +1,83 @@
+"""Lightning glue that trains the first-stage autoencoder (:class:`ldm.modules.autoencoder.AutoencoderKL`)
+with :class:`ldm.modules.vae_loss.VAELoss`.
+
+One batch is one optimiser step of the autoencoder and of the discriminator together. The released code
+used two Adam optimisers with the same learning rate and betas, stepped once each per batch; one Adam
+with two parameter groups is the same update (Adam's state is per parameter), because the generator loss
+sends no gradient to the discriminator and the discriminator loss none to the autoencoder (see VAELoss).
+As released, the discriminator loss is weighted 0 before ``disc_start``: its Adam steps with zero
+gradients, which leave the weights unchanged.
+
+A single optimiser keeps Lightning's automatic optimisation, so ``global_step`` counts batches (as in the
+released code, where ``disc_start`` is measured), and gradient accumulation, clipping, mixed precision and
+DDP work as for the other models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from ldm.modules.autoencoder import AutoencoderKL
+from ldm.modules.vae_loss import VAELoss
+
+
+class AutoencoderModule(pl.LightningModule):
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        loss: VAELoss,
+        learning_rate: float = 4.5e-6,
+        betas: list[float] = [0.5, 0.9],  # noqa: B006 (never mutated)
+        learn_logvar: bool = False,
+    ):
+        """``learn_logvar``: the released optimiser leaves ``loss.logvar`` out (it stays at its initial
+        0 and exists for the checkpoint layout); ``true`` trains it with the autoencoder."""
+        super().__init__()
+        self.vae = vae
+        self.loss = loss
+        self.learning_rate = learning_rate
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.learn_logvar = learn_logvar
+        self.loss.logvar.requires_grad_(learn_logvar)
+
+    def posterior_generator(self, device: torch.device) -> torch.Generator:
+        """Seeded from (run seed, rank, batch count): training is deterministic given the seed."""
+        batch_count = self.trainer.fit_loop.total_batch_idx  # every micro-batch, restored on resume
+        key = f"{torch.initial_seed()}:{self.global_rank}:{batch_count}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x = batch["image"]  # [B, 3, H, W] in [-1, 1]
+        step = self.global_step
+        recon, posterior = self.vae(x, sample_posterior=True, generator=self.posterior_generator(x.device))
+        loss, log = self.loss.generator_loss(x, recon, posterior, step, last_layer=self.vae.last_layer)
+        if self.loss.discriminator is not None:
+            d_loss, d_log = self.loss.discriminator_loss(x, recon, step)  # recon is detached inside
+            loss = loss + d_loss
+            log.update(d_log)
+        self.log("train/total_loss", log.pop("total_loss"), prog_bar=True, batch_size=x.shape[0])
+        self.log_dict({f"train/{k}": v for k, v in log.items()}, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Reconstruction from the posterior mean: ``val/l1`` and the released ``val/rec_loss``."""
+        x = batch["image"]
+        recon = self.vae(x, sample_posterior=False).reconstruction
+        l1 = (x - recon).abs().mean()
+        rec_loss = self.loss.reconstruction_loss(x, recon).mean()
+        self.log("val/l1", l1, prog_bar=True, batch_size=x.shape[0])
+        self.log("val/rec_loss", rec_loss, batch_size=x.shape[0])
+        return l1
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        vae_params = list(self.vae.parameters()) + ([self.loss.logvar] if self.learn_logvar else [])
+        groups = [{"params": vae_params, "name": "vae"}]
+        if self.loss.discriminator is not None:
+            groups.append({"params": list(self.loss.discriminator.parameters()), "name": "discriminator"})
+        return torch.optim.Adam(groups, lr=self.learning_rate, betas=self.betas)

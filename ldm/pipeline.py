@@ -1,0 +1,147 @@
+"""Sampling from trained models: bind experts and diffusers to their conditions, run DDIM, decode.
+
+Every method -- collaborative, composable, or one expert alone -- is an ``eps_fn(x_t, t)`` handed to the
+same :func:`ldm.diffusion.ddim.ddim_sample`; only the callable differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from ldm.checkpoints import load_checkpoint_into
+from ldm.config import instantiate, load_config
+from ldm.diffusion.collaborative import (
+    CollaborativeOptions,
+    make_collaborative_eps_fn,
+    make_composable_eps_fn,
+)
+from ldm.diffusion.ddim import ddim_sample, ddim_timesteps
+from ldm.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Command-line names of methods that sample from one expert alone.
+MODALITY_ALIASES = {"mask": "seg_mask", "seg_mask": "seg_mask", "text": "text", "sketch": "sketch"}
+JOINT_METHODS = ("collaborative", "composable")
+
+
+def load_model(config: str | Path, ckpt: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> nn.Module:
+    """Build the model of ``config`` (reading no other weight file) and load ``ckpt`` into it strictly.
+
+    ``ckpt`` may be a native or a released checkpoint of the same kind (LDM or collaborative).
+    """
+    cfg = load_config(config, overrides)
+    model = instantiate(cfg.model, load_weights=False)
+    kind = getattr(model, "checkpoint_kind", None)
+    if kind is None:
+        raise UserError(f"{config} builds a {type(model).__name__}, which cannot sample; use an LDM or collaborative config")
+    load_checkpoint_into(model, ckpt, kind, schedule_buffers=model.schedule.released_buffers())
+    return model.to(device).eval()
+
+
+def bind_experts(experts: Mapping[str, nn.Module], contexts: Mapping[str, torch.Tensor]) -> dict[str, Callable]:
+    """``{m: eps_fn(x_t, t)}`` with each expert's condition tokens bound in."""
+    return {m: (lambda x, t, e=experts[m], c=contexts[m]: e(x, t, c)) for m in contexts}
+
+
+def bind_diffusers(diffusers: Mapping[str, nn.Module], contexts: Mapping[str, torch.Tensor]) -> dict[str, Callable]:
+    """``{m: logits_fn(x_t, t)}`` with each dynamic diffuser's condition tokens bound in."""
+    return {m: (lambda x, t, d=diffusers[m], c=contexts[m]: d(x, t, c)) for m in contexts}
+
+
+@dataclass
+class Trace:
+    """What ``--save-influence`` records at every DDIM step."""
+
+    timesteps: list[int] = field(default_factory=list)
+    x_t: list[torch.Tensor] = field(default_factory=list)  # each [B, 3, h, w]
+    weights: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # each [B, 1, h, w]
+
+
+@dataclass
+class Samples:
+    images: torch.Tensor  # [B, 3, H, W] in [-1, 1]
+    latents: torch.Tensor  # [B, 3, h, w]
+    trace: Optional[Trace] = None
+
+
+def method_modalities(model: nn.Module, method: str, given: Sequence[str]) -> list[str]:
+    """Which modalities a method uses, checking that the model and the given conditions have them."""
+    experts = model.experts
+    if method in JOINT_METHODS:
+        missing = [m for m in experts if m not in given]
+        if missing:
+            raise UserError(f"--method {method} needs a condition for every modality; missing {missing} (give --text and --mask)")
+        if method == "collaborative" and set(model.diffusers) != set(experts):
+            raise UserError("--method collaborative needs a collaborative checkpoint (dynamic diffusers); this model has none")
+        return list(experts)
+    if method not in MODALITY_ALIASES:
+        raise UserError(f"unknown --method {method!r}; choose collaborative, composable, text or mask")
+    modality = MODALITY_ALIASES[method]
+    if modality not in experts:
+        raise UserError(f"--method {method}: this model has no {modality} expert (it has {list(experts)})")
+    if modality not in given:
+        raise UserError(f"--method {method} needs its condition (--{'mask' if modality == 'seg_mask' else modality})")
+    return [modality]
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    conditions: Mapping[str, Any],
+    *,
+    method: str = "collaborative",
+    steps: int = 50,
+    eta: float = 1.0,
+    generator: torch.Generator,
+    options: CollaborativeOptions = CollaborativeOptions(),
+    lambdas: Optional[Mapping[str, float]] = None,
+    record_trace: bool = False,
+    progress: bool = False,
+) -> Samples:
+    """Generate one image per row of ``conditions`` (raw batch values keyed by modality).
+
+    x_T is drawn from ``generator`` (a CPU generator gives the same images on every device), then DDIM
+    runs on the model's device.
+    """
+    modalities = method_modalities(model, method, list(conditions))
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    contexts = {m: model.experts[m].encode(conditions[m]) for m in modalities}
+    batch = next(iter(contexts.values())).shape[0]
+    shape = (batch, *model.vae.latent_shape)
+    x_T = torch.randn(shape, generator=generator, device=generator.device).to(device=device, dtype=dtype)
+    experts = bind_experts(model.experts, contexts)
+
+    trace = Trace() if record_trace else None
+
+    def on_weights(t: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> None:
+        for m, w in weights.items():
+            trace.weights.setdefault(m, []).append(w.float().cpu())
+
+    if method == "collaborative":
+        eps_fn = make_collaborative_eps_fn(
+            experts, bind_diffusers(model.diffusers, contexts), options, on_weights if trace is not None else None
+        )
+    elif method == "composable":
+        eps_fn = make_composable_eps_fn(experts, lambdas)
+    else:
+        eps_fn = experts[modalities[0]]
+
+    def callback(i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if trace is not None:
+            trace.timesteps.append(int(t))
+            trace.x_t.append(x.float().cpu())
+
+    z = ddim_sample(
+        eps_fn, x_T, model.schedule, ddim_timesteps(steps, model.schedule.num_timesteps),
+        eta=eta, generator=generator, callback=callback, progress=progress,
+    )
+    images = model.decode_latents(z).clamp(-1, 1)
+    return Samples(images=images.float().cpu(), latents=z.float().cpu(), trace=trace)
