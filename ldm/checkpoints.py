@@ -153,7 +153,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
     dropped: set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS or (module == "torch" and name.endswith(("Storage", "dtype"))):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        # Storage classes and dtypes only: torch also holds functions such as set_default_dtype.
+        if module == "torch" and name.endswith("Storage") and isinstance(getattr(torch, name, None), type):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return super().find_class(module, name)

@@ -140,8 +140,11 @@ def sample_settings(cfg: DictConfig) -> SampleSettings:
 
 def validate(cfg: DictConfig, source: str = "config") -> None:
     """Check every section, node, key and type. Raises ConfigError naming the first problem."""
-    data = OmegaConf.to_container(cfg, resolve=True)
-    unknown = sorted(set(data) - set(SECTIONS))
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:  # e.g. an interpolation ${...} naming a key that does not exist
+        raise ConfigError(f"{source}: {err}".replace("\n", " ")) from None
+    unknown = sorted(set(data) - set(SECTIONS), key=str)
     if unknown:
         raise ConfigError(
             f"{source}: unknown top-level key(s) {unknown}; allowed sections are {sorted(SECTIONS)}"

@@ -189,6 +189,12 @@ def test_lpips_wrong_file_message(tmp_path, no_cache):
         LPIPS.from_pretrained(str(tmp_path / "bad.pth"), str(tmp_path / "vgg.pth"))
 
 
+def test_pretrained_lpips_factory(no_cache):
+    assert isinstance(lpips_module.pretrained_lpips(load_weights=False), LPIPS)
+    with pytest.raises(CheckpointError, match="vgg16-397923af.pth"):
+        lpips_module.pretrained_lpips()
+
+
 def test_lpips_distance():
     torch.manual_seed(0)
     model = LPIPS()
@@ -322,3 +328,18 @@ def test_training_is_deterministic():
     _, first, _ = train_tiny(with_disc=False, seed=1)
     _, second, _ = train_tiny(with_disc=False, seed=1)
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("name", ["256_vae", "512_vae", "tiny/vae"])
+def test_configs_build(name):
+    from ldm.config import instantiate, load_config
+
+    cfg = load_config(f"configs/{name}.yaml")
+    with torch.device("meta"):
+        module = instantiate(cfg.model, load_weights=False, learning_rate=1e-4)
+    assert isinstance(module, AutoencoderModule) and module.checkpoint_kind == "vae"
+    paper = {"256_vae": 55_312_063, "512_vae": 83_639_999}
+    if name in paper:
+        assert count(module.vae) == paper[name]
+        keys = set(module.state_dict())
+        assert "loss.perceptual_loss.lin4.model.1.weight" in keys and "loss.discriminator.main.11.bias" in keys

@@ -113,6 +113,25 @@ def test_unknown_top_level_key(tmp_path):
     assert "trainer" in message and "top-level" in message
 
 
+def test_unknown_top_level_keys_of_mixed_types(tmp_path):
+    message = load_error(tmp_path, "model: {target: ldm.modules.encoders.MaskEncoder}\n1: a\nfoo: b\n")
+    assert "[1, 'foo']" in message
+
+
+def test_unresolvable_interpolation(tmp_path):
+    cfg = expert_config()
+    cfg["model"]["params"]["cond_encoder"]["params"]["n_embed"] = "${nope}"
+    message = load_error(tmp_path, cfg)
+    assert "nope" in message and "model.params.cond_encoder.params.n_embed" in message
+
+
+def test_interpolations_resolve_before_validation(tmp_path):
+    cfg = expert_config()
+    cfg["model"]["params"]["cond_encoder"]["params"]["n_embed"] = "${model.params.unet.params.context_dim}"
+    loaded = load_config(write(tmp_path, cfg))
+    assert instantiate(loaded.model).cond_encoder.linear.out_features == 16
+
+
 def test_missing_model_section(tmp_path):
     message = load_error(tmp_path, {"train": {"batch_size": 4}})
     assert "model" in message and "missing" in message

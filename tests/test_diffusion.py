@@ -98,8 +98,10 @@ def test_ddim_timesteps():
     for bad in (0, 1001):
         with pytest.raises(ValueError, match="1..1000"):
             ddim_timesteps(bad)
-    with pytest.raises(ValueError, match="outside 0..999"):
-        ddim_timesteps(1000)
+    for n in (1, 3, 7, 333, 500, 999, 1000):  # any count: exactly n distinct steps inside 0..999
+        ts = ddim_timesteps(n)
+        assert len(ts) == n and int(ts.min()) >= 0 and int(ts.max()) <= 999 and bool((ts.diff() > 0).all())
+    assert ddim_timesteps(1000).tolist() == list(range(1000))
 
 
 def test_ddim_recovers_x0_with_the_oracle_eps():

@@ -24,22 +24,19 @@ StepCallback = Callable[[int, int, Tensor, Tensor], None]
 
 
 def ddim_timesteps(num_steps: int, num_timesteps: int = 1000) -> Tensor:
-    """The released "uniform" DDIM timesteps, ascending: ``range(0, T, T // num_steps) + 1``.
+    """``num_steps`` DDIM timesteps, ascending, with the released "uniform" spacing c = T // num_steps:
+    ``c * i + 1`` for i = 0 .. num_steps - 1.
 
-    50 steps of a 1000-step schedule give 1, 21, ..., 981 (sampled descending). As in the released
-    code, when ``num_steps`` does not divide T the spacing ``T // num_steps`` can yield more steps
-    than asked for (7 give 8: 1, 143, ..., 995); the length of the result is what runs.
+    50 steps of a 1000-step schedule give 1, 21, ..., 981 (sampled descending), exactly as released.
+    Unlike the released ``range(0, T, c) + 1``, the count is always ``num_steps`` (7 steps give 7, not 8)
+    and never runs past T - 1 (333 or 1000 steps work; where ``c * (num_steps - 1) + 1`` would reach T,
+    the steps shift down by one: 1000 steps are 0 .. 999).
     """
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in 1..{num_timesteps} (the schedule's length), got {num_steps}")
-    timesteps = torch.arange(0, num_timesteps, num_timesteps // num_steps, dtype=torch.long) + 1
+    timesteps = torch.arange(num_steps, dtype=torch.long) * (num_timesteps // num_steps) + 1
     if int(timesteps[-1]) >= num_timesteps:
-        # The +1 shift overflows when (T - 1) is a multiple of the spacing (e.g. 500 or 333 steps).
-        raise ValueError(
-            f"num_steps={num_steps} gives timestep {int(timesteps[-1])} with the released spacing "
-            f"range(0, {num_timesteps}, {num_timesteps // num_steps}) + 1, outside 0..{num_timesteps - 1}; "
-            f"choose another num_steps (e.g. a divisor of {num_timesteps} up to {num_timesteps // 2})"
-        )
+        timesteps = timesteps - 1
     return timesteps
 
 

@@ -27,6 +27,8 @@ from ldm.modules.vae_loss import VAELoss
 
 
 class AutoencoderModule(pl.LightningModule):
+    checkpoint_kind = "vae"
+
     def __init__(
         self,
         vae: AutoencoderKL,

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from ldm.config import loads_weights
 from ldm.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,17 @@ class LPIPS(nn.Module):
                 f"replace them with the standard {VGG_FILE} and lpips v0.1 vgg.pth"
             ) from None
         return model
+
+
+@loads_weights
+def pretrained_lpips(
+    vgg_path: Optional[str] = None, lin_path: Optional[str] = None, offline: bool = False, load_weights: bool = True
+) -> LPIPS:
+    """Config factory (``{target: ldm.modules.lpips.pretrained_lpips}``): :meth:`LPIPS.from_pretrained`,
+    or with ``load_weights=False`` (summaries, or before loading a full checkpoint) an untrained LPIPS."""
+    if not load_weights:
+        return LPIPS()
+    return LPIPS.from_pretrained(vgg_path, lin_path, offline=offline)
 
 
 def hub_checkpoint_dirs() -> list[Path]:

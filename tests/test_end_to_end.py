@@ -1,0 +1,163 @@
+"""The whole tiny chain through the scripts: FaceWorld -> VAE -> text and mask experts -> dynamic diffusers
+-> generate (every method, influence figures) -> convert to the released layout -> sample from that."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldm.checkpoints import detect_kind, load_state_dict, to_native
+
+REPO = Path(__file__).resolve().parents[1]
+MASK = REPO.parent / "shared" / "test_data" / "256_masks" / "29980.png"
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """Train the tiny chain once (2 steps each) and return its folders."""
+    import os
+
+    os.chdir(REPO)  # configs name each other relative to the repository root
+    os.environ["LDM_PROGRESS"] = "0"
+    root = tmp_path_factory.mktemp("chain")
+    data = root / "faceworld"
+    assert script("make_faceworld").main(["--out", str(data), "--num", "24", "--seed", "1", "--size", "32", "--test-size", "4"]) == 0
+    runs = root / "runs"
+    ckpt = {n: runs / n / "checkpoints" / "last.ckpt" for n in ("vae", "text", "mask", "codiff")}
+    common = ["--accelerator", "cpu", "--devices", "1", "--max-steps", "2", f"data.train.params.root={data}"]
+    assert script("train_vae").main(["--config", "configs/tiny/vae.yaml", "--run-dir", str(runs / "vae"), *common]) == 0
+    for name in ("text", "mask"):
+        assert script("train_ldm").main([
+            "--config", f"configs/tiny/{name}.yaml", "--run-dir", str(runs / name), *common,
+            f"model.params.vae.params.ckpt={ckpt['vae']}",
+        ]) == 0
+    codiff_overrides = [
+        f"model.params.vae.params.ckpt={ckpt['vae']}",
+        f"model.params.experts.text.params.ckpt={ckpt['text']}",
+        f"model.params.experts.seg_mask.params.ckpt={ckpt['mask']}",
+    ]
+    assert script("train_diffuser").main(["--config", "configs/tiny/codiff.yaml", "--run-dir", str(runs / "codiff"), *common, *codiff_overrides]) == 0
+    return {"root": root, "data": data, "ckpt": ckpt, "codiff_overrides": codiff_overrides}
+
+
+def test_checkpoints_and_resolved_config_written(chain):
+    for name, path in chain["ckpt"].items():
+        assert path.is_file(), name
+        saved = (path.parent / "config.yaml").read_text()
+        assert str(chain["data"]) in saved  # the resolved config, overrides included
+
+
+def test_diffuser_training_leaves_experts_unchanged(chain):
+    codiff = to_native(load_state_dict(chain["ckpt"]["codiff"]))
+    for modality, name in (("text", "text"), ("seg_mask", "mask")):
+        expert = to_native(load_state_dict(chain["ckpt"][name]))
+        for key, value in expert.items():
+            if key.startswith("expert."):
+                assert torch.equal(codiff[f"experts.{modality}." + key[len("expert."):]], value), key
+
+
+def test_generate_every_method_with_influence(chain, tmp_path):
+    out = tmp_path / "gen"
+    argv = [
+        "--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["codiff"]), "--mask", str(MASK),
+        "--text", "This man has beard of medium length. He is in his thirties.", "--steps", "4", "--batch-size", "2",
+        "--method", "collaborative,composable,text,mask", "--save-influence", "--out", str(out), "--device", "cpu",
+        *chain["codiff_overrides"],
+    ]
+    assert script("generate").main(argv) == 0
+    for method in ("collaborative", "composable", "text", "mask"):
+        assert (out / f"{method}_seed0_001.png").is_file()
+    assert (out / "grid.png").is_file()
+    raw = torch.load(out / "influence" / "influence.pt")
+    assert raw["timesteps"].tolist() == [751, 501, 251, 1]
+    weights = raw["influence_seg_mask"] + raw["influence_text"]
+    assert torch.allclose(weights, torch.ones_like(weights), atol=1e-6)
+    assert json.loads((out / "settings.json").read_text())["steps"] == 4
+
+
+def test_same_seed_same_images(chain, tmp_path):
+    outs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        argv = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["codiff"]), "--mask", str(MASK),
+                "--text", "She is a teenager.", "--steps", "3", "--batch-size", "1", "--seed", "7", "--out", str(out),
+                *chain["codiff_overrides"]]
+        assert script("generate").main(argv) == 0
+        outs.append((out / "collaborative_seed7_000.png").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_uni_modal_generate(chain, tmp_path):
+    argv = ["--config", "configs/tiny/text.yaml", "--ckpt", str(chain["ckpt"]["text"]), "--text", "He is a teen.",
+            "--steps", "2", "--batch-size", "1", "--out", str(tmp_path), f"model.params.vae.params.ckpt={chain['ckpt']['vae']}"]
+    assert script("generate").main(argv) == 0
+    assert (tmp_path / "text_seed0_000.png").is_file()
+
+
+def test_released_layout_round_trip_samples(chain, tmp_path):
+    released = tmp_path / "codiff_released.ckpt"
+    assert script("convert_checkpoint").main([
+        "--ckpt", str(chain["ckpt"]["codiff"]), "--out", str(released), "--to", "released",
+        "--config", "configs/tiny/codiff.yaml"]) == 0
+    state = load_state_dict(released)
+    assert detect_kind(state) == ("released", "collaborative")
+    assert "model.seg_mask_confidence_predictor.diffusion_model.out.2.weight" in state
+    assert "betas" in state
+    back = tmp_path / "codiff.safetensors"
+    assert script("convert_checkpoint").main(["--ckpt", str(released), "--out", str(back)]) == 0
+    original = to_native(load_state_dict(chain["ckpt"]["codiff"]))
+    converted = load_state_dict(back)
+    assert original.keys() == converted.keys()
+    assert all(torch.equal(original[k], converted[k]) for k in original)
+    out = tmp_path / "gen"
+    argv = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(released), "--mask", str(MASK), "--text", "She is a teenager.",
+            "--steps", "2", "--batch-size", "1", "--out", str(out), *chain["codiff_overrides"]]
+    assert script("generate").main(argv) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mask", "missing.png"], "does not exist"),
+    (["--text", "  "], "empty caption"),
+    (["--steps", "0", "--text", "x"], "--steps"),
+    (["--eta", "2", "--text", "x"], "--eta"),
+    (["--batch-size", "0", "--text", "x"], "--batch-size"),
+    (["--preset", "bogus", "--text", "x"], "preset"),
+    ([], "give a condition"),
+])
+def test_generate_bad_input_one_line_error(chain, tmp_path, capsys, argv, message):
+    base = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["codiff"]), "--out", str(tmp_path / "o"),
+            *chain["codiff_overrides"]]
+    assert script("generate").main(base[:4] + argv + base[4:]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not list((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
+
+
+def test_wrong_kind_checkpoint_is_refused(chain, tmp_path, capsys):
+    argv = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["vae"]), "--text", "x", "--mask", str(MASK),
+            "--out", str(tmp_path), *chain["codiff_overrides"]]
+    assert script("generate").main(argv) == 2
+    assert "vae checkpoint but a collaborative checkpoint is expected" in capsys.readouterr().err
+
+
+def test_summarize_paper_configs(capsys):
+    import os
+
+    os.chdir(REPO)
+    assert script("summarize").main(["--config", "configs/256_codiff_mask_text.yaml", "--json"]) == 0
+    rows = {r["component"]: r for r in json.loads(capsys.readouterr().out)}
+    assert abs(rows["experts.text.unet"]["params"] - 403.6e6) < 0.1e6
+    assert abs(rows["experts.seg_mask.unet"]["params"] - 403.6e6) < 0.1e6
+    assert abs(rows["diffusers.text"]["params"] - 13.1e6) < 0.1e6
+    assert abs(rows["vae"]["params"] - 55.3e6) < 0.1e6
