@@ -31,25 +31,13 @@ from typing import Any, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ldm.config import load_config, loads_weights, instantiate
+from ldm.config import instantiate, load_config, loads_weights
+from ldm.diffusion.schedule import RELEASED_BUFFER_NAMES
 from ldm.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-SCHEDULE_BUFFERS = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-)
+SCHEDULE_BUFFERS = RELEASED_BUFFER_NAMES  # the 12 buffers released LDM files store at top level
 
 # Released prefix -> native prefix, per checkpoint kind. Order matters (longest first).
 RELEASED_PREFIXES: dict[str, list[tuple[str, str]]] = {

@@ -221,6 +221,19 @@ def _parse_devices(devices: str) -> int | list[int]:
     return int(devices)
 
 
+LAUNCH_EPILOG = """\
+More:
+  SCRIPT --config C train.batch_size=4 train.accumulate_grad_batches=2   # overrides (key=value)
+  SCRIPT --config C --resume runs/NAME/checkpoints/step00005000.ckpt     # or --resume last
+  # 2 nodes x 8 GPUs (run on every node; under SLURM use srun with the same flags):
+  torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+      SCRIPT_PATH --config C --devices 8 --num-nodes 2 --strategy ddp
+Checkpoints go to <run-dir>/checkpoints/ (default runs/<config name>/) with the resolved config.yaml beside
+them; logs to <run-dir>/logs/ (TensorBoard or CSV, set by train.logger). The learning rate is
+base x batch x devices x nodes x accumulation (train.scale_lr), logged at start.
+"""
+
+
 def add_launch_arguments(parser, default_steps_help: str = "") -> None:
     """The flags every training script shares."""
     parser.add_argument("--config", required=True, help="YAML config (see configs/)")
@@ -251,6 +264,7 @@ def main_for(argv: Optional[Sequence[str]], doc: str) -> int:
     from ldm.config import load_config
 
     parser = make_parser(doc)
+    parser.epilog = LAUNCH_EPILOG.replace("SCRIPT_PATH", f"scripts/{parser.prog}").replace("SCRIPT", f"python scripts/{parser.prog}")
     add_launch_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging()

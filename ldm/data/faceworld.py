@@ -592,7 +592,8 @@ def _write_sample(job: tuple[str, int, int, int, int]) -> None:
     r = render_sample(seed, index, size, supersample)
     atomic_write(paths.image, encode_jpeg(Image.fromarray(r.image)))
     atomic_write(paths.index_mask, encode_index_png(r.mask))
-    atomic_write(paths.onehot, encode_tensor(masks.index_mask_to_onehot(r.mask)))
+    # uint8 one-hot (a quarter of float32 on disk); the loader returns float32 either way
+    atomic_write(paths.onehot, encode_tensor(masks.index_mask_to_onehot(r.mask).to(torch.uint8)))
 
 
 def make_faceworld(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+
+from ldm.diffusion.schedule import NoiseSchedule
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, step, rank) over the seed space
 
@@ -23,3 +28,55 @@ def freeze(module: nn.Module) -> nn.Module:
     module.eval()
     module.requires_grad_(False)
     return module
+
+
+class LatentDiffusionBase(pl.LightningModule):
+    """What the expert and the collaborative modules share: the frozen VAE, the latent scaling, the noise
+    schedule, and steps that draw their randomness from :func:`step_generator`. A subclass defines
+    ``diffusion_loss(batch, generator)`` and ``configure_optimizers``."""
+
+    def __init__(self, vae: nn.Module, scale_factor: float, num_timesteps: int, linear_start: float, linear_end: float, learning_rate: float, weight_decay: float, seed: int):
+        super().__init__()
+        self.vae = freeze(vae)
+        self.scale_factor = scale_factor
+        self.schedule = NoiseSchedule(num_timesteps, linear_start, linear_end)
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.seed = seed
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules that stay in eval mode when Lightning calls ``.train()``."""
+        return [self.vae]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.vae.encode(images).sample(generator=generator) * self.scale_factor  # [B, 3, 64, 64]
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / self.scale_factor)
+
+    def noisy_latents(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x0 = E(image)·scale; t ~ U{0..T-1}; ε ~ N(0, I); x_t = q_sample(x0, t, ε). Returns (x_t, t, ε)."""
+        x0 = self.encode_images(images, generator)
+        t = self.schedule.sample_timesteps(x0.shape[0], generator, x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return self.schedule.q_sample(x0, t, noise), t, noise
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        generator = step_generator(self.seed, self.global_step, self.global_rank, self.device)
+        loss = self.diffusion_loss(batch, generator)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        generator = step_generator(self.seed + 1, batch_idx, self.global_rank, self.device)
+        loss = self.diffusion_loss(batch, generator)
+        self.log("val/loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
+        return loss

@@ -5,20 +5,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldm.diffusion.schedule import NoiseSchedule
-from ldm.models.common import freeze, step_generator
+from ldm.models.common import LatentDiffusionBase, freeze
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.expert import Expert
 
 logger = logging.getLogger(__name__)
 
 
-class LatentDiffusion(pl.LightningModule):
+class LatentDiffusion(LatentDiffusionBase):
     """ε-prediction in the latent space of a frozen VAE, conditioned on one modality.
 
     Args:
@@ -46,18 +44,12 @@ class LatentDiffusion(pl.LightningModule):
         train_cond_encoder: bool = True,
         seed: int = 23,
     ):
-        super().__init__()
+        super().__init__(vae, scale_factor, num_timesteps, linear_start, linear_end, learning_rate, weight_decay, seed)
         self.expert = expert
-        self.vae = freeze(vae)
         self.cond_key = cond_key
-        self.scale_factor = scale_factor
-        self.schedule = NoiseSchedule(num_timesteps, linear_start, linear_end)
-        self.learning_rate = learning_rate
-        self.weight_decay = weight_decay
-        self.seed = seed
+        self.train_cond_encoder = train_cond_encoder
         if not train_cond_encoder:
             freeze(self.expert.cond_encoder)
-        self.train_cond_encoder = train_cond_encoder
 
     # ---- modalities, in the form the sampling pipeline takes -----------------------------------------
     @property
@@ -68,44 +60,15 @@ class LatentDiffusion(pl.LightningModule):
     def diffusers(self) -> dict[str, nn.Module]:
         return {}
 
-    def train(self, mode: bool = True) -> "LatentDiffusion":
-        super().train(mode)
-        self.vae.eval()  # frozen parts stay in eval mode under Lightning's .train()
-        if not self.train_cond_encoder:
-            self.expert.cond_encoder.eval()
-        return self
-
-    # ---- latents --------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        posterior = self.vae.encode(images)
-        return posterior.sample(generator=generator) * self.scale_factor  # [B, 3, 64, 64]
-
-    @torch.no_grad()
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(z / self.scale_factor)
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.vae] + ([] if self.train_cond_encoder else [self.expert.cond_encoder])
 
     # ---- training -------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
-        images = batch["image"]
-        x0 = self.encode_images(images, generator)
-        t = self.schedule.sample_timesteps(x0.shape[0], generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = self.schedule.q_sample(x0, t, noise)
+        """‖ε − ε_θ(x_t, t, c)‖² for the batch's images and conditions."""
+        x_t, t, noise = self.noisy_latents(batch["image"], generator)
         context = self.expert.encode(batch[self.cond_key])  # [B, N, 640]
         return F.mse_loss(self.expert(x_t, t, context).float(), noise.float())
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        generator = step_generator(self.seed, self.global_step, self.global_rank, self.device)
-        loss = self.diffusion_loss(batch, generator)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
-        return loss
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        generator = step_generator(self.seed + 1, batch_idx, self.global_rank, self.device)
-        loss = self.diffusion_loss(batch, generator)
-        self.log("val/loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
-        return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.expert.parameters() if p.requires_grad]
