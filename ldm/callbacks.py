@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -47,25 +46,28 @@ class TrainingDiverged(UserError):
 
 
 class StopOnNonFiniteLoss(pl.Callback):
-    """Stops training at the first NaN/inf loss, naming the step; no checkpoint of that state is written
-    (this callback runs before the checkpoint callback), so the last good checkpoint is kept."""
+    """Stops training at the first NaN/inf loss, naming the step.
+
+    It looks at every loss just before its backward pass (automatic and manual optimisation alike), so the
+    bad gradients are never applied and no checkpoint of a diverged state is written: the last good one is
+    kept. Under DDP the ranks agree on the decision, so one rank's bad batch stops them all together.
+    """
 
     def __init__(self, checkpoint_dir: str | Path):
         self.checkpoint_dir = Path(checkpoint_dir)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None:  # manual optimisation (the VAE): look at what the step logged
-            losses = [v for k, v in trainer.callback_metrics.items() if k.startswith("train")]
-            bad = [v for v in losses if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
-            loss = bad[0] if bad else None
-        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss.detach()).all():
-            last = sorted(self.checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-            kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
-            raise TrainingDiverged(
-                f"loss became {loss.item()} at step {trainer.global_step}; {kept}. Lower the learning rate or "
-                "check the data, then resume with --resume"
-            )
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
+        values = loss.detach().float().flatten()
+        finite = bool(torch.isfinite(values).all())
+        if trainer.strategy.reduce_boolean_decision(finite, all=True):
+            return
+        last = sorted(self.checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
+        value = values[~torch.isfinite(values)][0].item() if not finite else "non-finite on another rank"
+        raise TrainingDiverged(
+            f"loss became {value} at training step {trainer.global_step}; {kept}. Lower the learning rate or "
+            "check the data, then resume with --resume"
+        )
 
 
 class LogLearningRate(pl.Callback):
@@ -77,7 +79,3 @@ class LogLearningRate(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             logger.info(self.message)
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)

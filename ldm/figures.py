@@ -13,6 +13,8 @@ from ldm.data.masks import colorize, onehot_to_index
 from ldm.images import grid, save_png, text_tile, to_uint8, unit_to_uint8
 from ldm.pipeline import Trace
 
+GRID_TILE = 96  # smallest tile of a sample grid, in pixels (small images are enlarged, nearest)
+
 
 def condition_tiles(conditions: Mapping[str, object], index: int, size: int) -> list[np.ndarray]:
     """Pictures of one sample's conditions: the coloured mask and/or the caption."""
@@ -66,11 +68,11 @@ def save_influence_figures(
     return written
 
 
-def sample_grid(rows_by_label: Mapping[str, torch.Tensor], conditions: Mapping[str, object], tile: int, condition_index: Optional[int] = 0) -> np.ndarray:
-    """One row per method: the conditions first, then that method's samples."""
-    cond = condition_tiles(conditions, condition_index, tile) if condition_index is not None else []
-    tiles = [[*cond, *[to_uint8(img) for img in images]] for images in rows_by_label.values()]
-    return grid(tiles, tile, labels=list(rows_by_label))
+def sample_grid(rows_by_label: Mapping[str, torch.Tensor], conditions: Mapping[str, object], tile: int, condition_index: int = 0) -> np.ndarray:
+    """A first row with the conditions, then one row per method with its samples."""
+    rows = {"conditions": condition_tiles(conditions, condition_index, tile)}
+    rows.update({label: [to_uint8(img) for img in images] for label, images in rows_by_label.items()})
+    return grid(list(rows.values()), tile, labels=list(rows))
 
 
 def write_comparison(
@@ -106,5 +108,5 @@ def write_comparison(
         if result.trace is not None:
             written += save_influence_figures(result.trace, lambda z: model.decode_latents(z.to(model.device)).cpu(), conditions, result.images, out_dir / "influence")
     path = out_dir / "grid.png"
-    save_png(sample_grid(rows, conditions, rows[methods[0]].shape[-1]), path)
+    save_png(sample_grid(rows, conditions, max(GRID_TILE, rows[methods[0]].shape[-1])), path)
     return written + [path]

@@ -41,7 +41,7 @@ def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
 def grid(tiles: Sequence[Sequence[Optional[np.ndarray]]], tile: int, pad: int = 2, labels: Sequence[str] = ()) -> np.ndarray:
     """Lay out rows of [H, W, 3] tiles (None = blank) at ``tile`` px each, with optional row labels."""
     rows, cols = len(tiles), max(len(r) for r in tiles)
-    label_w = 0 if not labels else 8 * max(len(s) for s in labels) // 2 + 8
+    label_w = 0 if not labels else 7 * max(len(s) for s in labels) + 8
     out = np.full((rows * (tile + pad) + pad, label_w + cols * (tile + pad) + pad, 3), 255, np.uint8)
     for r, row in enumerate(tiles):
         for c, img in enumerate(row):
@@ -53,7 +53,7 @@ def grid(tiles: Sequence[Sequence[Optional[np.ndarray]]], tile: int, pad: int = 
         canvas = Image.fromarray(out)
         draw = ImageDraw.Draw(canvas)
         for r, text in enumerate(labels):
-            draw.text((2, pad + r * (tile + pad) + tile // 2 - 5), text[: label_w // 4], fill=(0, 0, 0))
+            draw.text((2, pad + r * (tile + pad) + tile // 2 - 5), text, fill=(0, 0, 0))
         out = np.asarray(canvas)
     return out
 

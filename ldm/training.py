@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -47,6 +48,11 @@ class StepBatchSampler(Sampler[list[int]]):
     Each pass over the data is a permutation drawn from (seed, pass number); rank r of W takes every W-th
     index of the global batch, so W processes with batch b see the same samples as one process with batch
     W*b. Resuming only needs ``start_batch``.
+
+    Its length is ``total_batches`` however far it starts: Lightning treats the whole run as one epoch and,
+    when it restarts mid-epoch, counts the batches already done as fetched (``fetched += ready``) and ends
+    the epoch once ``fetched == len(loader)``. A length of ``total_batches - start_batch`` would end the
+    resumed epoch early, and the next epoch would replay batches from ``start_batch``.
     """
 
     def __init__(self, num_samples: int, batch_size: int, total_batches: int, seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1):
@@ -62,7 +68,7 @@ class StepBatchSampler(Sampler[list[int]]):
         self.batches_per_pass = num_samples // self.global_batch
 
     def __len__(self) -> int:
-        return max(self.total_batches - self.start_batch, 0)
+        return self.total_batches
 
     def _permutation(self, pass_index: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + pass_index)
@@ -171,7 +177,8 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
     elif settings.logger == "csv":
         from pytorch_lightning.loggers import CSVLogger
 
-        experiment_logger = CSVLogger(str(run_dir), name="logs", version="")
+        # one folder per launch (logs/version_N): a resumed run would otherwise delete the earlier metrics.csv
+        experiment_logger = CSVLogger(str(run_dir), name="logs")
     else:
         raise ConfigError(f"train.logger = {settings.logger!r}; use 'tensorboard' or 'csv'")
 
@@ -211,7 +218,11 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
         enable_progress_bar=os.environ.get("LDM_PROGRESS", "1") != "0",
     )
     logger.info("run directory %s; %s", run_dir, lr_message)
-    trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
+    with warnings.catch_warnings():
+        # Lightning warns on every mid-epoch resume that the loader cannot resume; StepBatchSampler does
+        # (it restarts at global_step x accumulation), so the warning would only mislead.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
     return checkpoint_dir
 
 

@@ -69,7 +69,13 @@ def check_ranges(steps: int, eta: float, batch: int) -> None:
 def read_conditions(args, batch: int) -> dict:
     conditions = {}
     if args.mask is not None:
-        onehot = index_mask_to_onehot(load_mask_png(existing_file(args.mask, "mask", "--mask")))
+        index = load_mask_png(existing_file(args.mask, "mask", "--mask"))
+        if index.shape[0] != index.shape[1] or index.shape[0] < 32:
+            raise UserError(
+                f"{args.mask}: mask is {index.shape[1]}x{index.shape[0]}; it must be square and at least 32x32 "
+                "(e.g. 256x256 or 512x512, the size of the face it describes)"
+            )
+        onehot = index_mask_to_onehot(index)
         conditions["seg_mask"] = onehot.unsqueeze(0).repeat(batch, 1, 1)  # [B, 19, 1024]
     if args.text is not None:
         if not args.text.strip():

@@ -353,3 +353,18 @@ def test_prepare_script_help_run_and_error(raw_tree: Path, tmp_path: Path, capsy
     assert script.main(["--raw", str(tmp_path / "missing"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "missing" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("mode, what", [("L", "greyscale"), ("RGBA", "alpha"), ("I;16", "16-bit")])
+def test_read_image_refuses_non_rgb(tmp_path, mode, what):
+    path = tmp_path / "face.png"
+    Image.new(mode, (8, 8)).save(path)
+    with pytest.raises(DataError, match=what):
+        celeba.read_image(path)
+
+
+def test_read_image_unreadable(tmp_path):
+    path = tmp_path / "face.jpg"
+    path.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="unreadable"):
+        celeba.read_image(path)

@@ -13,7 +13,7 @@ import torch
 from ldm.checkpoints import detect_kind, load_state_dict, to_native
 
 REPO = Path(__file__).resolve().parents[1]
-MASK = REPO.parent / "shared" / "test_data" / "256_masks" / "29980.png"
+MASK = Path(__file__).resolve().parent / "assets" / "256_masks" / "29980.png"
 
 
 def script(name: str):

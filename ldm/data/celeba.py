@@ -140,10 +140,20 @@ def beard_and_age_caption(entry: dict, where: str = "caption entry") -> str:
     return " ".join(s.strip() for s in (attrs[BEARD_KEY], attrs[AGE_KEY]) if s.strip())
 
 
+MODE_NAMES = {"L": "greyscale", "LA": "greyscale with alpha", "RGBA": "RGB with alpha", "P": "palette",
+              "I;16": "16-bit", "I;16B": "16-bit", "I": "32-bit integer", "F": "32-bit float", "CMYK": "CMYK",
+              "1": "1-bit"}
+
+
 def read_image(path: Path, resolution: Optional[int] = None) -> Image.Image:
     """Open an RGB image; with ``resolution``, check it is ``resolution`` pixels square."""
     try:
         with Image.open(path) as im:
+            if im.mode != "RGB":
+                raise DataError(
+                    f"{path}: image mode {im.mode} ({MODE_NAMES.get(im.mode, 'not 8-bit RGB')}); faces must be "
+                    "8-bit RGB: convert it (e.g. PIL Image.convert('RGB'), dropping alpha) and save it again"
+                )
             image = im.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path}: image not found; {SEE_README}") from None

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ldm.diffusion.collaborative import collaborative_loss
 from ldm.errors import ConfigError
-from ldm.models.common import LatentDiffusionBase, freeze
+from ldm.models.common import BatchShard, LatentDiffusionBase, freeze
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.dynamic_diffuser import DynamicDiffuser
 from ldm.modules.expert import Expert
@@ -58,9 +58,9 @@ class CollaborativeDiffusion(LatentDiffusionBase):
         return [self.vae, self.experts]
 
     # ---- training -------------------------------------------------------------------------------------
-    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> torch.Tensor:
         """‖Σ_m w_m ε_m − ε‖² with w = softmax_m(D_φm(x_t, t, c_m)) per pixel; experts frozen."""
-        x_t, t, noise = self.noisy_latents(batch["image"], generator)
+        x_t, t, noise = self.noisy_latents(batch["image"], generator, shard)
         eps, logits = {}, {}
         for m in self.modalities:
             with torch.no_grad():

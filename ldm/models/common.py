@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -23,6 +23,27 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     return torch.Generator(device=device).manual_seed(mixed)
 
 
+class BatchShard(NamedTuple):
+    """The rows of the global batch one process holds: rank r of W holds rows r, r+W, r+2W, ... (as
+    ``ldm.training.StepBatchSampler`` deals a global batch out).
+
+    A training step draws each random tensor for the whole global batch from a generator that is the same on
+    every rank and keeps this rank's rows, so W processes with batch b draw exactly what one process with
+    batch W*b draws, and DDP trains to the same weights as one process with the same global batch.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.rank :: self.world_size]
+
+    def randn(self, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """N(0, I) shaped like ``like`` (this rank's rows of one draw for the global batch)."""
+        shape = (like.shape[0] * self.world_size, *like.shape[1:])
+        return self.rows(torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype))
+
+
 def freeze(module: nn.Module) -> nn.Module:
     """Eval mode and no gradients: for the frozen VAE and the frozen experts."""
     module.eval()
@@ -33,7 +54,7 @@ def freeze(module: nn.Module) -> nn.Module:
 class LatentDiffusionBase(pl.LightningModule):
     """What the expert and the collaborative modules share: the frozen VAE, the latent scaling, the noise
     schedule, and steps that draw their randomness from :func:`step_generator`. A subclass defines
-    ``diffusion_loss(batch, generator)`` and ``configure_optimizers``."""
+    ``diffusion_loss(batch, generator, shard=BatchShard())`` and ``configure_optimizers``."""
 
     def __init__(self, vae: nn.Module, scale_factor: float, num_timesteps: int, linear_start: float, linear_end: float, learning_rate: float, weight_decay: float, seed: int):
         super().__init__()
@@ -62,21 +83,29 @@ class LatentDiffusionBase(pl.LightningModule):
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z / self.scale_factor)
 
-    def noisy_latents(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x0 = E(image)·scale; t ~ U{0..T-1}; ε ~ N(0, I); x_t = q_sample(x0, t, ε). Returns (x_t, t, ε)."""
-        x0 = self.encode_images(images, generator)
-        t = self.schedule.sample_timesteps(x0.shape[0], generator, x0.device)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    def noisy_latents(
+        self, images: torch.Tensor, generator: torch.Generator, shard: BatchShard = BatchShard()
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x0 = E(image)·scale; t ~ U{0..T-1}; ε ~ N(0, I); x_t = q_sample(x0, t, ε). Returns (x_t, t, ε).
+
+        The posterior sample, t and ε are drawn for the global batch and ``shard`` keeps this rank's rows."""
+        with torch.no_grad():
+            posterior = self.vae.encode(images)
+            x0 = (posterior.mean + posterior.std * shard.randn(posterior.mean, generator)) * self.scale_factor
+        t = shard.rows(self.schedule.sample_timesteps(x0.shape[0] * shard.world_size, generator, x0.device))
+        noise = shard.randn(x0, generator)
         return self.schedule.q_sample(x0, t, noise), t, noise
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        generator = step_generator(self.seed, self.global_step, self.global_rank, self.device)
-        loss = self.diffusion_loss(batch, generator)
+        # one generator for all ranks; each keeps its rows of the global batch's draws (see BatchShard)
+        generator = step_generator(self.seed, self.global_step, 0, self.device)
+        loss = self.diffusion_loss(batch, generator, BatchShard(self.global_rank, self.trainer.world_size))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        generator = step_generator(self.seed + 1, batch_idx, self.global_rank, self.device)
+        # every rank evaluates the whole validation set with the same draws, so the synced loss is exact
+        generator = step_generator(self.seed + 1, batch_idx, 0, self.device)
         loss = self.diffusion_loss(batch, generator)
         self.log("val/loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
         return loss

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ldm.models.common import LatentDiffusionBase, freeze
+from ldm.models.common import BatchShard, LatentDiffusionBase, freeze
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.expert import Expert
 
@@ -64,9 +64,9 @@ class LatentDiffusion(LatentDiffusionBase):
         return [self.vae] + ([] if self.train_cond_encoder else [self.expert.cond_encoder])
 
     # ---- training -------------------------------------------------------------------------------------
-    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> torch.Tensor:
         """‖ε − ε_θ(x_t, t, c)‖² for the batch's images and conditions."""
-        x_t, t, noise = self.noisy_latents(batch["image"], generator)
+        x_t, t, noise = self.noisy_latents(batch["image"], generator, shard)
         context = self.expert.encode(batch[self.cond_key])  # [B, N, 640]
         return F.mse_loss(self.expert(x_t, t, context).float(), noise.float())
 
