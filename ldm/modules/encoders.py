@@ -193,7 +193,7 @@ class Transformer(nn.Module):
         self.pos_emb = PositionalEmbedding(dim, max_seq_len)
         self.attn_layers = EncoderLayers(dim, depth, heads, dim_head, use_checkpoint)
         self.norm = nn.LayerNorm(dim)
-        self.to_logits = nn.Linear(dim, vocab_size)  # unused
+        self.to_logits = nn.Linear(dim, vocab_size).requires_grad_(False)  # unused: frozen, so DDP and the optimiser skip it
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.token_emb(tokens) + self.pos_emb(tokens.shape[1], tokens.device)  # [B, N, dim]
