@@ -26,7 +26,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -270,12 +270,21 @@ def _describe(keys: list[str], limit: int = 8) -> str:
     return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
 
 
-def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+def top_level(keys: Any) -> set[str]:
+    """The first components of state-dict keys: {'vae', 'experts', 'diffusers'} for a collaborative model."""
+    return {k.split(".", 1)[0] for k in keys}
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint", parts: Optional[set[str]] = None) -> None:
     """Load ``state_dict`` into ``module`` requiring exactly the same keys and shapes.
 
-    Raises CheckpointError listing missing and unexpected keys (and shape mismatches) by name.
+    With ``parts`` (top-level names such as ``{"diffusers"}``) only those parts are loaded, and they must
+    match exactly; the rest of the module is left as it is. Raises CheckpointError listing missing and
+    unexpected keys (and shape mismatches) by name.
     """
     own = module.state_dict()
+    if parts is not None:
+        own = {k: v for k, v in own.items() if k.split(".", 1)[0] in parts}
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
@@ -294,18 +303,23 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
             f"{source} does not match the model built from the config ({'; '.join(parts)}); "
             "check that the config matches the checkpoint (resolution, sizes, modalities)"
         )
-    module.load_state_dict(state_dict, strict=True)
+    module.load_state_dict(state_dict, strict=parts is None)
 
 
-def load_checkpoint_into(module: nn.Module, path: str | Path, kind: str, schedule_buffers: Optional[Mapping[str, torch.Tensor]] = None) -> None:
-    """Read ``path``, check it is a ``kind`` checkpoint, map it to native keys and load it strictly."""
+def read_checkpoint(path: str | Path, kind: str, schedule_buffers: Optional[Mapping[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """Read ``path``, check it is a ``kind`` checkpoint and return its tensors under native keys."""
     state = load_state_dict(path)
     _, found = detect_kind(state)
     if found != kind:
         raise CheckpointError(
             f"{path} is a {found} checkpoint but a {kind} checkpoint is expected here; check --ckpt / the config"
         )
-    load_strict(module, to_native(state, schedule_buffers), source=str(path))
+    return to_native(state, schedule_buffers)
+
+
+def load_checkpoint_into(module: nn.Module, path: str | Path, kind: str, schedule_buffers: Optional[Mapping[str, torch.Tensor]] = None) -> None:
+    """Read a ``kind`` checkpoint, map it to native keys and load it strictly into ``module``."""
+    load_strict(module, read_checkpoint(path, kind, schedule_buffers), source=str(path))
 
 
 @loads_weights
@@ -341,12 +355,14 @@ def pretrained(config: str, component: str, ckpt: Optional[str] = None, load_wei
     return module
 
 
-def convert_file(src: str | Path, dst: str | Path, layout: str = "native", config: Optional[str] = None) -> tuple[str, int]:
+def convert_file(src: str | Path, dst: str | Path, layout: str = "native", config: Optional[str] = None, keep: Optional[Sequence[str]] = None) -> tuple[str, int]:
     """Read any checkpoint, map it to ``layout`` ('native' or 'released') and write ``dst``.
 
     ``.safetensors`` outputs carry the kind and layout in their metadata; ``.ckpt``/``.pt`` outputs are
     ``{"state_dict": ...}`` dicts. With ``config`` the native weights are first loaded strictly into the
-    model that config builds. Returns (kind, number of tensors).
+    model that config builds. ``keep`` (native top-level names, e.g. ``["diffusers"]``) writes a partial
+    checkpoint holding only those parts; :func:`ldm.pipeline.load_model` takes the rest from the files the
+    config names. Returns (kind, number of tensors).
     """
     from ldm.diffusion.schedule import NoiseSchedule
 
@@ -365,6 +381,13 @@ def convert_file(src: str | Path, dst: str | Path, layout: str = "native", confi
             schedule = model.schedule
             native = to_native(state, schedule.released_buffers())
         load_strict(model, native, source=str(src))
+    if keep:
+        unknown = sorted(set(keep) - top_level(native))
+        if unknown:
+            raise CheckpointError(f"--keep {unknown}: {src} has no such parts; it has {sorted(top_level(native))}")
+        if layout != "native":
+            raise CheckpointError("--keep writes a partial checkpoint, which exists only in the native layout")
+        native = {k: v for k, v in native.items() if k.split(".", 1)[0] in keep}
     out = native if layout == "native" else to_released(native, schedule.released_buffers())
     dst = Path(dst)
     if dst.suffix == ".safetensors":

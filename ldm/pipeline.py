@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ldm.checkpoints import load_checkpoint_into
+from ldm.checkpoints import load_strict, read_checkpoint, top_level
 from ldm.config import instantiate, load_config
 from ldm.diffusion.collaborative import (
     CollaborativeOptions,
@@ -32,16 +32,26 @@ JOINT_METHODS = ("collaborative", "composable")
 
 
 def load_model(config: str | Path, ckpt: str | Path, device: str | torch.device = "cpu", overrides: Sequence[str] = ()) -> nn.Module:
-    """Build the model of ``config`` (reading no other weight file) and load ``ckpt`` into it strictly.
+    """Build the model of ``config`` and load ``ckpt`` into it strictly.
 
-    ``ckpt`` may be a native or a released checkpoint of the same kind (LDM or collaborative).
+    ``ckpt`` may be a native or a released checkpoint of the same kind (LDM or collaborative). A full
+    checkpoint is all that is read. A *partial* one (e.g. only ``diffusers.*``, written by
+    ``convert_checkpoint.py --keep diffusers``) supplies its parts, strictly, and the other parts (experts,
+    VAE) come from the checkpoints the config names.
     """
     cfg = load_config(config, overrides)
     model = instantiate(cfg.model, load_weights=False)
     kind = getattr(model, "checkpoint_kind", None)
     if kind is None:
         raise UserError(f"{config} builds a {type(model).__name__}, which cannot sample; use an LDM or collaborative config")
-    load_checkpoint_into(model, ckpt, kind, schedule_buffers=model.schedule.released_buffers())
+    state = read_checkpoint(ckpt, kind, model.schedule.released_buffers())
+    given = top_level(state)
+    if given < top_level(model.state_dict()):
+        logger.info("%s holds %s; the rest comes from the checkpoints named in %s", ckpt, sorted(given), config)
+        model = instantiate(cfg.model, load_weights=True)
+        load_strict(model, state, source=str(ckpt), parts=given)
+    else:
+        load_strict(model, state, source=str(ckpt))
     return model.to(device).eval()
 
 

@@ -8,6 +8,8 @@ Examples:
   python scripts/convert_checkpoint.py --ckpt checkpoints/256_codiff_mask_text.ckpt \
       --out checkpoints/256_codiff_mask_text.safetensors --config configs/256_codiff_mask_text.yaml
   python scripts/convert_checkpoint.py --ckpt runs/text/checkpoints/last.ckpt --out text_released.ckpt --to released
+  # only the dynamic diffusers (the experts and VAE then come from the files the config names):
+  python scripts/convert_checkpoint.py --ckpt runs/codiff/checkpoints/last.ckpt --out diffusers.safetensors --keep diffusers
 """
 
 import sys
@@ -26,9 +28,10 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output file: .safetensors, .ckpt or .pt")
     p.add_argument("--to", choices=["native", "released"], default="native", help="key layout of the output")
     p.add_argument("--config", default=None, help="optional config to verify the weights against (strict load)")
+    p.add_argument("--keep", nargs="+", default=None, help="write only these top-level parts (e.g. diffusers): a partial checkpoint")
     args = p.parse_args(argv)
     setup_logging()
-    kind, count = convert_file(args.ckpt, args.out, layout=args.to, config=args.config)
+    kind, count = convert_file(args.ckpt, args.out, layout=args.to, config=args.config, keep=args.keep)
     print(f"wrote {args.out}: {count} tensors of a {kind} checkpoint in the {args.to} layout")
     return 0
 

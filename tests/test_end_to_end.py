@@ -161,3 +161,15 @@ def test_summarize_paper_configs(capsys):
     assert abs(rows["experts.seg_mask.unet"]["params"] - 403.6e6) < 0.1e6
     assert abs(rows["diffusers.text"]["params"] - 13.1e6) < 0.1e6
     assert abs(rows["vae"]["params"] - 55.3e6) < 0.1e6
+
+
+def test_partial_checkpoint_takes_the_rest_from_the_config(chain, tmp_path):
+    partial = tmp_path / "diffusers.safetensors"
+    assert script("convert_checkpoint").main(["--ckpt", str(chain["ckpt"]["codiff"]), "--out", str(partial), "--keep", "diffusers"]) == 0
+    assert {k.split(".")[0] for k in load_state_dict(partial)} == {"diffusers"}
+    from ldm.pipeline import load_model
+
+    full = load_model("configs/tiny/codiff.yaml", chain["ckpt"]["codiff"], overrides=chain["codiff_overrides"])
+    part = load_model("configs/tiny/codiff.yaml", partial, overrides=chain["codiff_overrides"])
+    a, b = full.state_dict(), part.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
