@@ -61,8 +61,8 @@ class StopOnNonFiniteLoss(pl.Callback):
         finite = bool(torch.isfinite(values).all())
         if trainer.strategy.reduce_boolean_decision(finite, all=True):
             return
-        last = sorted(self.checkpoint_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
+        saved = sorted(self.checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", p.stat().st_mtime))
+        kept = f"the last good checkpoint is {saved[-1]}" if saved else "no checkpoint had been written yet"
         value = values[~torch.isfinite(values)][0].item() if not finite else "non-finite on another rank"
         raise TrainingDiverged(
             f"loss became {value} at training step {trainer.global_step}; {kept}. Lower the learning rate or "

@@ -87,9 +87,11 @@ def write_comparison(
     options,
     save_influence: bool = False,
     progress: bool = True,
+    grid_name: Optional[str] = "grid.png",
 ) -> list[Path]:
-    """Sample every method from the same seed, write each image, a grid (``grid.png``: conditions, then one
-    row per method) and, with ``save_influence``, the influence figures of the collaborative sampler."""
+    """Sample every method from the same seed, write each image, a grid (``grid_name``: conditions, then one
+    row per method; none if ``None``) and, with ``save_influence``, the influence figures of the collaborative
+    sampler."""
     from ldm.pipeline import sample
 
     out_dir = Path(out_dir)
@@ -107,6 +109,8 @@ def write_comparison(
             written.append(path)
         if result.trace is not None:
             written += save_influence_figures(result.trace, lambda z: model.decode_latents(z.to(model.device)).cpu(), conditions, result.images, out_dir / "influence")
-    path = out_dir / "grid.png"
+    if grid_name is None:
+        return written
+    path = out_dir / grid_name
     save_png(sample_grid(rows, conditions, max(GRID_TILE, rows[methods[0]].shape[-1])), path)
     return written + [path]

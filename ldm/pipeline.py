@@ -121,9 +121,33 @@ def sample(
     runs on the model's device.
     """
     modalities = method_modalities(model, method, list(conditions))
+    contexts = {m: model.experts[m].encode(conditions[m]) for m in modalities}
+    return sample_from_contexts(
+        model, contexts, method=method, steps=steps, eta=eta, generator=generator, options=options,
+        lambdas=lambdas, record_trace=record_trace, progress=progress,
+    )
+
+
+@torch.no_grad()
+def sample_from_contexts(
+    model: nn.Module,
+    contexts: Mapping[str, torch.Tensor],
+    *,
+    method: str,
+    steps: int = 50,
+    eta: float = 1.0,
+    generator: torch.Generator,
+    options: CollaborativeOptions = CollaborativeOptions(),
+    lambdas: Optional[Mapping[str, float]] = None,
+    record_trace: bool = False,
+    progress: bool = False,
+) -> Samples:
+    """:func:`sample` from condition tokens ``{m: [B, N, D]}`` already encoded (or optimised and interpolated,
+    as Imagic editing does): the experts and the diffusers read these tokens; ``method`` combines them."""
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    contexts = {m: model.experts[m].encode(conditions[m]) for m in modalities}
+    contexts = {m: c.to(device=device, dtype=dtype) for m, c in contexts.items()}
+    modalities = list(contexts)
     batch = next(iter(contexts.values())).shape[0]
     shape = (batch, *model.vae.latent_shape)
     x_T = torch.randn(shape, generator=generator, device=generator.device).to(device=device, dtype=dtype)

@@ -195,6 +195,9 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
             every_n_train_steps=max(settings.checkpoint_every_n_steps, 1),
             save_top_k=-1,
             save_last=True,
+            # overwrite (atomically) rather than write last-v1.ckpt beside a last.ckpt this callback did not
+            # write itself (a resumed run whose checkpoint settings changed), which --resume last would then miss
+            enable_version_counter=False,
         ),
     ]
     trainer = pl.Trainer(
@@ -240,7 +243,7 @@ More:
   torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
       SCRIPT_PATH --config C --devices 8 --num-nodes 2 --strategy ddp
 Checkpoints go to <run-dir>/checkpoints/ (default runs/<config name>/) with the resolved config.yaml beside
-them; logs to <run-dir>/logs/ (TensorBoard or CSV, set by train.logger). The learning rate is
+them; logs to <run-dir>/logs/ (TensorBoard, or CSV in logs/version_N/ per launch; set by train.logger). The learning rate is
 base x batch x devices x nodes x accumulation (train.scale_lr), logged at start.
 """
 
@@ -277,7 +280,7 @@ def main_for(argv: Optional[Sequence[str]], doc: str) -> int:
     parser = make_parser(doc)
     parser.epilog = LAUNCH_EPILOG.replace("SCRIPT_PATH", f"scripts/{parser.prog}").replace("SCRIPT", f"python scripts/{parser.prog}")
     add_launch_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before, between or after the flags
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     checkpoint_dir = train(cfg, run_name(args.config), launch_options(args))

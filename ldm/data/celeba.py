@@ -75,6 +75,10 @@ PART_PAINT_ORDER = tuple(sorted(masks.PART_TO_CLASS, key=masks.PART_TO_CLASS.__g
 BEARD_KEY, AGE_KEY = "No_Beard", "Young"
 
 KEYS = ("image", "text", "seg_mask")
+# Extra keys of the preprocessed layout, for training and measuring the evaluator networks (FaceWorld):
+# "index_mask" LongTensor[M, M] (class ids, from mask/index_mask_{M}/) and "labels" (the labels.json entry).
+EVALUATOR_KEYS = ("index_mask", "labels")
+LABELS_FILE = "labels.json"
 SPLITS = ("train", "test", "all")
 SEE_README = "see data/README.md"
 
@@ -199,6 +203,8 @@ def flip_sample(sample: dict) -> dict:
     if "seg_mask" in sample:
         m = sample["seg_mask"].view(masks.NUM_CLASSES, masks.MASK_SIZE, masks.MASK_SIZE).flip(-1)
         sample["seg_mask"] = m[_FLIP_CLASSES].reshape(masks.NUM_CLASSES, -1).contiguous()
+    if "index_mask" in sample:
+        sample["index_mask"] = torch.tensor(_FLIP_CLASSES)[sample["index_mask"].flip(-1)]
     return sample
 
 
@@ -216,11 +222,11 @@ def _raise_missing(missing: list[Path], what: str, total: int, fix: str) -> None
 class _FaceDataset(Dataset):
     """Shared plumbing: the split's names, the selected modalities and the flip."""
 
-    def __init__(self, keys: Optional[list[str]], flip: bool):
+    def __init__(self, keys: Optional[list[str]], flip: bool, allowed: tuple[str, ...] = KEYS):
         keys = list(KEYS) if keys is None else list(keys)
-        unknown = [k for k in keys if k not in KEYS]
+        unknown = [k for k in keys if k not in allowed]
         if unknown or not keys:
-            raise ConfigError(f"keys must be a non-empty subset of {list(KEYS)}, got {keys}")
+            raise ConfigError(f"keys must be a non-empty subset of {list(allowed)}, got {keys}")
         self.keys = keys
         self.flip = flip
         self.names: list[str] = []
@@ -250,7 +256,9 @@ class PreprocessedFaces(_FaceDataset):
         root: the data folder.
         split: "train", "test" (the last ``test_size`` caption keys) or "all".
         resolution: image size; selects ``image/image_{resolution}_downsampled_from_hq_1024``.
-        keys: modalities to load, a subset of ["image", "text", "seg_mask"] (default: all three).
+        keys: modalities to load, a subset of ["image", "text", "seg_mask"] (default: all three), plus, for the
+            evaluator networks, "index_mask" (LongTensor [M, M] read from ``index_mask_dir``) and "labels" (the
+            sample's ``ROOT/labels.json`` entry, e.g. a FaceWorld's ``{"age": 2, "beard": 0, ...}``).
         flip: random horizontal flip of image and mask (training only).
         test_size: size of the test split; default ``meta.json``'s ``test_size``, else 3,000 (the release).
         mask_format: "onehot" reads the released ``.pt`` tensors; "png" reads the index-mask PNGs
@@ -272,7 +280,7 @@ class PreprocessedFaces(_FaceDataset):
         mask_dir: Optional[str] = None,
         index_mask_dir: Optional[str] = None,
     ):
-        super().__init__(keys, flip)
+        super().__init__(keys, flip, allowed=KEYS + EVALUATOR_KEYS)
         if mask_format not in ("onehot", "png"):
             raise ConfigError(f"mask_format must be 'onehot' or 'png', got {mask_format!r}")
         self.root = Path(root)
@@ -286,11 +294,11 @@ class PreprocessedFaces(_FaceDataset):
         meta = read_meta(self.root)
         self.image_dir = self.root / (image_dir or IMAGE_DIR.format(size=resolution))
         self.caption_file = self.root / (caption_file or CAPTION_FILE)
+        self.index_mask_dir = self.root / (index_mask_dir or INDEX_MASK_DIR.format(size=meta.get("index_mask_size", RAW_MASK_SIZE)))
         if mask_format == "onehot":
             self.mask_dir, self._mask_suffix = self.root / (mask_dir or ONEHOT_MASK_DIR), ".pt"
         else:
-            default = INDEX_MASK_DIR.format(size=meta.get("index_mask_size", RAW_MASK_SIZE))
-            self.mask_dir, self._mask_suffix = self.root / (index_mask_dir or default), ".png"
+            self.mask_dir, self._mask_suffix = self.index_mask_dir, ".png"
 
         captions = _load_json(self.caption_file, "caption file")
         for key, entry in captions.items():
@@ -313,7 +321,23 @@ class PreprocessedFaces(_FaceDataset):
             self._check_folder(self.mask_dir, "mask folder", "prepare the masks")
             missing = _missing(self.names, self.mask_dir, self._mask_suffix)
             _raise_missing(missing, "mask of a captioned image", len(self.names), "the mask folder is incomplete (re-run the preparation)")
-        self._loaders = {"image": self._image, "text": self.captions.__getitem__, "seg_mask": self._seg_mask}
+        if "index_mask" in self.keys:
+            self._check_folder(self.index_mask_dir, "index-mask folder", "prepare the masks (make_faceworld writes them)")
+            missing = _missing(self.names, self.index_mask_dir, ".png")
+            _raise_missing(missing, "index mask of a captioned image", len(self.names), "the index-mask folder is incomplete (re-run the preparation)")
+        self.labels: dict[str, dict] = {}
+        if "labels" in self.keys:
+            self.labels = _load_json(self.root / LABELS_FILE, "labels file (FaceWorld's labels.json)")
+            absent = [n for n in self.names if n not in self.labels]
+            if absent:
+                raise DataError(f"{self.root / LABELS_FILE}: no labels for {len(absent)} samples (e.g. {absent[0]!r}); re-create the FaceWorld")
+        self._loaders = {
+            "image": self._image, "text": self.captions.__getitem__, "seg_mask": self._seg_mask,
+            "index_mask": self._index_mask, "labels": self.labels.__getitem__,
+        }
+
+    def _index_mask(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(masks.load_mask_png(self.index_mask_dir / f"{name}.png").astype(np.int64))  # [M, M]
 
     def _check_folder(self, folder: Path, what: str, fix: str) -> None:
         if not folder.is_dir():

@@ -62,7 +62,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
@@ -560,9 +560,13 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
     return Rendered(image, mask)
 
 
-def render_sample(seed: int, index: int, size: int = 64, supersample: Optional[int] = None) -> Rendered:
-    """Regenerate sample ``index`` of the world with ``seed`` on its own."""
-    f = sample_factors(seed, index)
+def render_sample(seed: int, index: int, size: int = 64, supersample: Optional[int] = None, **changes) -> Rendered:
+    """Regenerate sample ``index`` of the world with ``seed`` on its own.
+
+    ``changes`` replace factors (e.g. ``glasses=1``): the same face with only those factors changed (the
+    render noise is drawn the same way whatever the factors), as editing benchmarks need for their targets.
+    """
+    f = replace(sample_factors(seed, index), **changes)
     ss = default_supersample(size) if supersample is None else supersample
     return render_face(f, size, _sample_rng(seed, index, 1), ss)
 

@@ -121,6 +121,18 @@ def load_mask_png(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(mask)
 
 
+def load_mask_condition(path: PathLike) -> torch.Tensor:
+    """A mask PNG given as a condition -> FloatTensor [19, 1024]: read with :func:`load_mask_png`, checked to be
+    square and at least 32x32 (the size of the face it describes), then resized and one-hot encoded."""
+    index = load_mask_png(path)
+    if index.shape[0] != index.shape[1] or index.shape[0] < MASK_SIZE:
+        raise DataError(
+            f"{os.fspath(path)}: mask is {index.shape[1]}x{index.shape[0]}; it must be square and at least "
+            f"{MASK_SIZE}x{MASK_SIZE} (e.g. 256x256 or 512x512, the size of the face it describes)"
+        )
+    return index_mask_to_onehot(index)
+
+
 def save_index_png(mask: np.ndarray, path: PathLike) -> None:
     """Write an index mask [H, W] as a palette PNG: indices are the class ids, colours are ``PALETTE``."""
     mask = _as_index_mask(mask, "mask to save")

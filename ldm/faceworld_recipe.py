@@ -1,0 +1,280 @@
+"""The FaceWorld recipe: one command that makes FaceWorld, trains every model on it and ships the results.
+
+Stages, in order (each writes ``<work>/runs/<stage>/done.json`` when finished and is skipped when re-run;
+an interrupted training stage resumes from its last checkpoint):
+
+1. ``data``       FaceWorld, 64x64 (default 10,000 samples; the last tenth is the test split)
+2. ``vae``        configs/faceworld/vae.yaml
+3. ``scale``      scale_factor = 1 / std of the VAE's posterior samples on training images (as LDM does);
+                  passed as an override to the experts and the collaborative model
+4. ``text``, ``mask``   the two experts, over the frozen VAE
+5. ``codiff``     the dynamic diffusers, over the frozen experts
+6. ``parser``, ``classifier``   the evaluator networks; then their accuracy on the real test split
+7. ``export``     ``<export>/{vae,text,mask,codiff,parser,classifier}.safetensors`` (float16; loaded into
+                  float32 modules) with the resolved ``<name>.yaml`` beside each, whose pretrained nodes
+                  point at the shipped files; ``codiff`` holds only ``diffusers.*``; ``recipe.json`` holds
+                  the measured times, losses and accuracies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from ldm.checkpoints import atomic_write_bytes, convert_file, load_state_dict, pretrained, save_safetensors
+from ldm.config import load_config, save_config
+from ldm.data.celeba import PreprocessedFaces
+from ldm.data.faceworld import make_faceworld
+from ldm.training import LaunchOptions, train
+
+logger = logging.getLogger(__name__)
+
+CONFIGS = Path("configs/faceworld")
+MODELS = ("vae", "text", "mask", "codiff", "parser", "classifier")
+RESOLUTION = 64
+
+
+@dataclass(frozen=True)
+class RecipeOptions:
+    work: Path = Path("outputs/faceworld_train")  # FaceWorld, run directories, logs
+    export: Path = Path("checkpoints/faceworld")  # the shipped files
+    num: int = 10_000  # FaceWorld samples
+    data_seed: int = 0
+    steps: Optional[int] = None  # overrides every stage's train.max_steps (smoke tests)
+    batch_size: Optional[int] = None  # overrides every stage's train.batch_size (smoke tests)
+    workers: int = 2  # FaceWorld rendering processes
+    eval_limit: Optional[int] = None  # test images for the evaluator accuracies (default: the whole split)
+
+
+class Recipe:
+    def __init__(self, options: RecipeOptions):
+        self.o = options
+        self.data = options.work / "faceworld"
+        self.runs = options.work / "runs"
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def done_file(self, stage: str) -> Path:
+        return self.runs / stage / "done.json"
+
+    def record(self, stage: str) -> Optional[dict]:
+        path = self.done_file(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def finish(self, stage: str, info: dict) -> dict:
+        path = self.done_file(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(info, indent=1).encode())
+        logger.info("stage %s done: %s", stage, info)
+        return info
+
+    def ckpt(self, name: str) -> Path:
+        return self.runs / name / "checkpoints" / "last.ckpt"
+
+    # ---- configs ---------------------------------------------------------------------------------------
+    def overrides(self, name: str) -> list[str]:
+        """Point a configs/faceworld config at this run's data, earlier checkpoints and scale factor."""
+        out = [f"data.train.params.root={self.data}"]
+        if self.o.steps is not None:
+            out.append(f"train.max_steps={self.o.steps}")
+        if self.o.batch_size is not None:
+            out.append(f"train.batch_size={self.o.batch_size}")
+        if name in ("text", "mask", "codiff"):
+            out += [f"model.params.scale_factor={self.record('scale')['scale_factor']}", f"model.params.vae.params.ckpt={self.ckpt('vae')}"]
+        if name == "codiff":
+            out += [f"model.params.experts.{m}.params.ckpt={self.ckpt(n)}" for m, n in (("text", "text"), ("seg_mask", "mask"))]
+        return out
+
+    # ---- stages ------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        torch.set_num_threads(max(torch.get_num_threads(), 1))
+        total = time.time()
+        self.stage_data()
+        self.stage_train("vae")
+        self.stage_scale()
+        for name in ("text", "mask", "codiff", "parser", "classifier"):
+            self.stage_train(name)
+        self.stage_accuracy()
+        summary = self.stage_export()
+        logger.info("recipe finished in %.0f s (this invocation)", time.time() - total)
+        return summary
+
+    def stage_data(self) -> None:
+        if self.record("data"):
+            return
+        start = time.time()
+        make_faceworld(self.data, num=self.o.num, seed=self.o.data_seed, size=RESOLUTION, workers=self.o.workers, progress=False)
+        self.finish("data", {"num": self.o.num, "seed": self.o.data_seed, "seconds": round(time.time() - start, 1)})
+
+    def stage_train(self, name: str) -> None:
+        if self.record(name):
+            return
+        cfg = load_config(CONFIGS / f"{name}.yaml", self.overrides(name))
+        run_dir = self.runs / name
+        resume = "last" if self.ckpt(name).is_file() else None
+        start = time.time()
+        train(cfg, name, LaunchOptions(accelerator="cpu", devices="1", resume=resume, run_dir=str(run_dir)))
+        seconds = time.time() - start
+        steps = int(cfg.train.max_steps)
+        self.finish(name, {
+            "steps": steps, "batch_size": int(cfg.train.batch_size), "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / max(steps, 1), 3), "resumed": resume is not None,
+            "final_losses": final_losses(run_dir),
+        })
+
+    def stage_scale(self) -> None:
+        if self.record("scale"):
+            return
+        vae = pretrained(str(CONFIGS / "vae.yaml"), "vae", str(self.ckpt("vae"))).eval()
+        data = PreprocessedFaces(str(self.data), split="train", resolution=RESOLUTION, keys=["image"])
+        loader = DataLoader(data, batch_size=64, shuffle=False)
+        generator = torch.Generator().manual_seed(0)
+        latents, seen = [], 0
+        with torch.no_grad():
+            for batch in loader:
+                latents.append(vae.encode(batch["image"]).sample(generator=generator))
+                seen += batch["image"].shape[0]
+                if seen >= 512:
+                    break
+        std = torch.cat(latents).flatten().std().item()
+        self.finish("scale", {"scale_factor": round(1.0 / std, 5), "latent_std": std, "images": seen})
+
+    def stage_accuracy(self) -> None:
+        if self.record("accuracy"):
+            return
+        from ldm.models.evaluators import classifier_accuracy, parser_pixel_accuracy
+
+        parser = pretrained(str(CONFIGS / "parser.yaml"), "parser", str(self.ckpt("parser"))).eval()
+        classifier = pretrained(str(CONFIGS / "classifier.yaml"), "classifier", str(self.ckpt("classifier"))).eval()
+        test = PreprocessedFaces(str(self.data), split="test", resolution=RESOLUTION, keys=["image", "index_mask", "labels"])
+        if self.o.eval_limit is not None:
+            test.names = test.names[: self.o.eval_limit]
+        loader = DataLoader(test, batch_size=100, shuffle=False)
+        info = {
+            "test_images": len(test),
+            "parser_pixel_accuracy_32": round(parser_pixel_accuracy(parser, loader), 4),
+            "classifier_accuracy": {k: round(v, 4) for k, v in classifier_accuracy(classifier, loader).items()},
+        }
+        self.finish("accuracy", info)
+        print(f"evaluator accuracy on {len(test)} real FaceWorld test images: parser pixel accuracy (32x32) "
+              f"{info['parser_pixel_accuracy_32']:.4f}; classifier {info['classifier_accuracy']}", flush=True)
+
+    def stage_export(self) -> dict:
+        export = self.o.export
+        export.mkdir(parents=True, exist_ok=True)
+        shipped = {name: export / f"{name}.safetensors" for name in MODELS}
+        ship_overrides = {
+            "vae": [],
+            "text": [f"model.params.vae.params.config={export / 'vae.yaml'}", f"model.params.vae.params.ckpt={shipped['vae']}"],
+            "mask": [f"model.params.vae.params.config={export / 'vae.yaml'}", f"model.params.vae.params.ckpt={shipped['vae']}"],
+            "codiff": [
+                f"model.params.vae.params.config={export / 'vae.yaml'}", f"model.params.vae.params.ckpt={shipped['vae']}",
+                f"model.params.experts.text.params.config={export / 'text.yaml'}", f"model.params.experts.text.params.ckpt={shipped['text']}",
+                f"model.params.experts.seg_mask.params.config={export / 'mask.yaml'}", f"model.params.experts.seg_mask.params.ckpt={shipped['mask']}",
+            ],
+            "parser": [], "classifier": [],
+        }
+        for name in MODELS:
+            cfg = load_config(CONFIGS / f"{name}.yaml", self.overrides(name) + ship_overrides[name])
+            save_config(cfg, export / f"{name}.yaml")
+            if name in ("parser", "classifier"):
+                state = load_state_dict(self.ckpt(name))  # {"parser.*"} / {"classifier.*"}
+                save_safetensors(half(state), shipped[name], metadata={"kind": "evaluator", "layout": "native"})
+            else:
+                tmp = export / f".{name}.full.safetensors"
+                convert_file(self.ckpt(name), tmp, keep=["diffusers"] if name == "codiff" else None)
+                from safetensors.torch import load_file
+
+                save_safetensors(half(load_file(tmp)), shipped[name], metadata={"kind": {"vae": "vae", "codiff": "collaborative"}.get(name, "ldm"), "layout": "native"})
+                tmp.unlink()
+        records = {stage: self.record(stage) for stage in ("data", "scale", *MODELS, "accuracy")}
+        sizes = {p.name: p.stat().st_size for p in sorted(export.glob("*.safetensors"))}
+        summary = {"stages": records, "file_bytes": sizes, "total_mb": round(sum(sizes.values()) / 2**20, 2)}
+        atomic_write_bytes(export / "recipe.json", json.dumps(summary, indent=1).encode())
+        atomic_write_bytes(export / "README.md", readme(summary).encode())
+        logger.info("exported to %s (%.1f MB)", export, summary["total_mb"])
+        return summary
+
+
+def readme(summary: dict) -> str:
+    """checkpoints/faceworld/README.md: how the files were made, from the recipe's own records."""
+    st = summary["stages"]
+    rows = []
+    for name in MODELS:
+        r = st[name]
+        losses = ", ".join(f"{k.removeprefix('train/')} {v:.4g}" for k, v in sorted(r["final_losses"].items())) or "-"
+        rows.append(f"| `{name}` | configs/faceworld/{name}.yaml | {r['steps']} | {r['batch_size']} | {r['seconds'] / 60:.1f} | {r['seconds_per_step']:.2f} | {losses} |")
+    acc = st["accuracy"]
+    train_minutes = sum(st[s]["seconds"] for s in ("data", *MODELS)) / 60
+    files = "\n".join(f"| `{n}` | {b / 2**20:.2f} |" for n, b in summary["file_bytes"].items())
+    clf = ", ".join(f"{k} {v:.2%}" for k, v in acc["classifier_accuracy"].items())
+    return f"""# FaceWorld models
+
+Made by one command, `make train-faceworld` (= `python scripts/train_faceworld.py --work outputs/faceworld_train
+--export checkpoints/faceworld`, stages in `ldm/faceworld_recipe.py`), on the CPU with 2 torch threads and fixed
+seeds: FaceWorld ({st['data']['num']:,} samples at 64x64, seed {st['data'].get('seed', 0)}, the last tenth is the test
+split) -> VAE -> scale_factor -> text and mask experts -> dynamic diffusers -> face parser and attribute classifier.
+Re-running skips finished stages (an interrupted stage resumes from its last checkpoint) and re-exports.
+
+Weights are float16 safetensors (half the size; the modules load them as float32), each with its resolved config,
+whose pretrained nodes point at the files here. `codiff.safetensors` is a partial checkpoint holding only the
+dynamic diffusers (`diffusers.*`); the experts and the VAE come from `text`, `mask` and `vae`. `recipe.json` holds
+every number below. scale_factor = 1 / std of the VAE latents = **{st['scale']['scale_factor']}** (measured on
+{st['scale']['images']} training images after the VAE trained, passed to the experts and the collaborative model).
+
+## Training (measured wall-clock times; {train_minutes:.0f} min of training in all, FaceWorld rendering included)
+
+| model | config | steps | batch | minutes | s/step | final training losses (mean of the last 4 logged) |
+| --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+FaceWorld rendering: {st['data']['seconds'] / 60:.1f} min.
+
+## Evaluators on {acc['test_images']} real FaceWorld test images
+
+- face parser: pixel accuracy at 32x32 (nearest resize of its argmax, as the condition) **{acc['parser_pixel_accuracy_32']:.2%}**
+- attribute classifier: {clf}
+
+## Files (MB)
+
+| file | MB |
+| --- | --- |
+{files}
+
+Total: {summary['total_mb']:.1f} MB.
+
+## Use
+
+```
+make demo                                                    # samples from these models (outputs/demo/)
+python scripts/generate.py --config checkpoints/faceworld/codiff.yaml --ckpt checkpoints/faceworld/codiff.safetensors \\
+    --mask MASK.png --text "He has a short beard. He is in his thirties." --method collaborative,composable,text,mask
+python scripts/evaluate.py ...                               # the evaluation table (see the main README)
+```
+"""
+
+
+def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 tensors -> float16 (halves the shipped size; modules load them back as float32)."""
+    return {k: v.half() if v.dtype == torch.float32 else v for k, v in state.items()}
+
+
+def final_losses(run_dir: Path, last: int = 4) -> dict[str, float]:
+    """Mean of the last ``last`` logged values of each train/* metric in the run's newest CSV log."""
+    logs = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    values: dict[str, list[float]] = {}
+    for path in logs:
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                for key, value in row.items():
+                    if key.startswith("train/") and value not in ("", None):
+                        values.setdefault(key, []).append(float(value))
+    return {k: round(sum(v[-last:]) / len(v[-last:]), 5) for k, v in values.items() if v and not math.isnan(v[-1])}
