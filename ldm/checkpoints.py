@@ -192,7 +192,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as err:  # truncated zip, bad header, not a checkpoint at all
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {str(err)[:120]}); "
+            f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {_first_line(err)}); "
             "re-download or re-convert it, or resume from an earlier checkpoint"
         ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
@@ -200,6 +200,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict of tensors; is it a model checkpoint?")
     return dict(obj)
+
+
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text if len(text) <= limit else text[: text.rfind(" ", 0, limit)] + " ..."
 
 
 def detect_kind(state_dict: Mapping[str, Any]) -> tuple[str, str]:

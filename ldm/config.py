@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -35,6 +36,23 @@ from omegaconf.errors import OmegaConfBaseException
 from ldm.errors import ConfigError
 
 NODE_KEYS = {"target", "params"}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, except that floats follow YAML 1.2: ``1e-4`` and ``1e30`` are numbers
+    (PyYAML's YAML 1.1 rules need ``1.0e-4``/``1.0e+30`` and would read them as strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[0-9][0-9_]*[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 @dataclass
@@ -87,7 +105,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing YAML file with --config")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _yaml(path.read_text())
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file; pass a YAML config (configs/*.yaml)") from None
     except yaml.YAMLError as err:
@@ -108,7 +126,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.batch_size=4)")
         key, value = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(value) if value != "" else ""
+            parsed = _yaml(value) if value != "" else ""
         except yaml.YAMLError:
             parsed = value
         try:

@@ -120,13 +120,16 @@ class Recipe:
         cfg = load_config(CONFIGS / f"{name}.yaml", self.overrides(name))
         run_dir = self.runs / name
         resume = "last" if self.ckpt(name).is_file() else None
+        first_step = int(torch.load(self.ckpt(name), map_location="cpu", weights_only=False)["global_step"]) if resume else 0
         start = time.time()
         train(cfg, name, LaunchOptions(accelerator="cpu", devices="1", resume=resume, run_dir=str(run_dir)))
         seconds = time.time() - start
         steps = int(cfg.train.max_steps)
+        per_step = seconds / max(steps - first_step, 1)
         self.finish(name, {
-            "steps": steps, "batch_size": int(cfg.train.batch_size), "seconds": round(seconds, 1),
-            "seconds_per_step": round(seconds / max(steps, 1), 3), "resumed": resume is not None,
+            "steps": steps, "batch_size": int(cfg.train.batch_size), "seconds_per_step": round(per_step, 3),
+            # an interrupted stage resumed at first_step: its time is estimated at this invocation's rate
+            "seconds": round(per_step * steps, 1), "resumed_at_step": first_step or None,
             "final_losses": final_losses(run_dir),
         })
 
@@ -230,13 +233,14 @@ dynamic diffusers (`diffusers.*`); the experts and the VAE come from `text`, `ma
 every number below. scale_factor = 1 / std of the VAE latents = **{st['scale']['scale_factor']}** (measured on
 {st['scale']['images']} training images after the VAE trained, passed to the experts and the collaborative model).
 
-## Training (measured wall-clock times; {train_minutes:.0f} min of training in all, FaceWorld rendering included)
+## Training: {train_minutes:.0f} min in all (FaceWorld rendering and every stage; measured wall-clock times)
 
 | model | config | steps | batch | minutes | s/step | final training losses (mean of the last 4 logged) |
 | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
 
-FaceWorld rendering: {st['data']['seconds'] / 60:.1f} min.
+FaceWorld rendering: {st['data']['seconds'] / 60:.1f} min. A stage that was interrupted and resumed has its minutes estimated as
+steps x its measured s/step (`resumed_at_step` in `recipe.json`).
 
 ## Evaluators on {acc['test_images']} real FaceWorld test images
 

@@ -365,3 +365,9 @@ def test_shipped_config_validates(path, monkeypatch):
     monkeypatch.chdir(REPO)  # relative paths inside configs are relative to the repository root
     cfg = load_config(path)
     assert "model" in cfg
+
+
+@pytest.mark.parametrize("text, value", [("1e-4", 1e-4), ("1e30", 1e30), ("1.0e+30", 1e30), ("2.5E-3", 2.5e-3)])
+def test_float_overrides_in_any_exponent_form(text, value):
+    cfg = load_config(REPO / "configs" / "tiny" / "text.yaml", [f"train.base_learning_rate={text}"])
+    assert cfg.train.base_learning_rate == value

@@ -75,8 +75,9 @@ def output_paths(out: Path, name: str, sizes: Sequence[int], mask_size: int) -> 
 _worker: dict = {}
 
 
-def _init_worker(raw: celeba.RawCelebAMaskHQ, out: Path, sizes: tuple[int, ...]) -> None:
-    torch.set_num_threads(1)
+def _init_worker(raw: celeba.RawCelebAMaskHQ, out: Path, sizes: tuple[int, ...], pooled: bool = True) -> None:
+    if pooled:  # one thread per pool process; never change the calling process's setting
+        torch.set_num_threads(1)
     _worker.update(raw=raw, out=out, sizes=sizes)
 
 
@@ -134,7 +135,7 @@ def prepare_celeba(
             for _ in pool.imap_unordered(_prepare_one, todo, chunksize=8):
                 bar.update()
     else:
-        _init_worker(raw, out, sizes)
+        _init_worker(raw, out, sizes, pooled=False)
         for name in todo:
             _prepare_one(name)
             bar.update()
