@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,43 +11,14 @@ import torch
 
 from ldm.checkpoints import detect_kind, load_state_dict, to_native
 
-REPO = Path(__file__).resolve().parents[1]
-MASK = Path(__file__).resolve().parent / "assets" / "256_masks" / "29980.png"
+from conftest import ASSETS, REPO, script
 
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+MASK = ASSETS / "256_masks" / "29980.png"
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """Train the tiny chain once (2 steps each) and return its folders."""
-    import os
-
-    os.chdir(REPO)  # configs name each other relative to the repository root
-    os.environ["LDM_PROGRESS"] = "0"
-    root = tmp_path_factory.mktemp("chain")
-    data = root / "faceworld"
-    assert script("make_faceworld").main(["--out", str(data), "--num", "24", "--seed", "1", "--size", "32", "--test-size", "4"]) == 0
-    runs = root / "runs"
-    ckpt = {n: runs / n / "checkpoints" / "last.ckpt" for n in ("vae", "text", "mask", "codiff")}
-    common = ["--accelerator", "cpu", "--devices", "1", "--max-steps", "2", f"data.train.params.root={data}"]
-    assert script("train_vae").main(["--config", "configs/tiny/vae.yaml", "--run-dir", str(runs / "vae"), *common]) == 0
-    for name in ("text", "mask"):
-        assert script("train_ldm").main([
-            "--config", f"configs/tiny/{name}.yaml", "--run-dir", str(runs / name), *common,
-            f"model.params.vae.params.ckpt={ckpt['vae']}",
-        ]) == 0
-    codiff_overrides = [
-        f"model.params.vae.params.ckpt={ckpt['vae']}",
-        f"model.params.experts.text.params.ckpt={ckpt['text']}",
-        f"model.params.experts.seg_mask.params.ckpt={ckpt['mask']}",
-    ]
-    assert script("train_diffuser").main(["--config", "configs/tiny/codiff.yaml", "--run-dir", str(runs / "codiff"), *common, *codiff_overrides]) == 0
-    return {"root": root, "data": data, "ckpt": ckpt, "codiff_overrides": codiff_overrides}
+def chain(tiny_chain):
+    return tiny_chain
 
 
 def test_checkpoints_and_resolved_config_written(chain):
@@ -73,7 +43,7 @@ def test_generate_every_method_with_influence(chain, tmp_path):
         "--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["codiff"]), "--mask", str(MASK),
         "--text", "This man has beard of medium length. He is in his thirties.", "--steps", "4", "--batch-size", "2",
         "--method", "collaborative,composable,text,mask", "--save-influence", "--out", str(out), "--device", "cpu",
-        *chain["codiff_overrides"],
+        *chain["overrides"],
     ]
     assert script("generate").main(argv) == 0
     for method in ("collaborative", "composable", "text", "mask"):
@@ -92,7 +62,7 @@ def test_same_seed_same_images(chain, tmp_path):
         out = tmp_path / run
         argv = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["codiff"]), "--mask", str(MASK),
                 "--text", "She is a teenager.", "--steps", "3", "--batch-size", "1", "--seed", "7", "--out", str(out),
-                *chain["codiff_overrides"]]
+                *chain["overrides"]]
         assert script("generate").main(argv) == 0
         outs.append((out / "collaborative_seed7_000.png").read_bytes())
     assert outs[0] == outs[1]
@@ -122,7 +92,7 @@ def test_released_layout_round_trip_samples(chain, tmp_path):
     assert all(torch.equal(original[k], converted[k]) for k in original)
     out = tmp_path / "gen"
     argv = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(released), "--mask", str(MASK), "--text", "She is a teenager.",
-            "--steps", "2", "--batch-size", "1", "--out", str(out), *chain["codiff_overrides"]]
+            "--steps", "2", "--batch-size", "1", "--out", str(out), *chain["overrides"]]
     assert script("generate").main(argv) == 0
 
 
@@ -137,7 +107,7 @@ def test_released_layout_round_trip_samples(chain, tmp_path):
 ])
 def test_generate_bad_input_one_line_error(chain, tmp_path, capsys, argv, message):
     base = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["codiff"]), "--out", str(tmp_path / "o"),
-            *chain["codiff_overrides"]]
+            *chain["overrides"]]
     assert script("generate").main(base[:4] + argv + base[4:]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
@@ -146,7 +116,7 @@ def test_generate_bad_input_one_line_error(chain, tmp_path, capsys, argv, messag
 
 def test_wrong_kind_checkpoint_is_refused(chain, tmp_path, capsys):
     argv = ["--config", "configs/tiny/codiff.yaml", "--ckpt", str(chain["ckpt"]["vae"]), "--text", "x", "--mask", str(MASK),
-            "--out", str(tmp_path), *chain["codiff_overrides"]]
+            "--out", str(tmp_path), *chain["overrides"]]
     assert script("generate").main(argv) == 2
     assert "vae checkpoint but a collaborative checkpoint is expected" in capsys.readouterr().err
 
@@ -169,7 +139,7 @@ def test_partial_checkpoint_takes_the_rest_from_the_config(chain, tmp_path):
     assert {k.split(".")[0] for k in load_state_dict(partial)} == {"diffusers"}
     from ldm.pipeline import load_model
 
-    full = load_model("configs/tiny/codiff.yaml", chain["ckpt"]["codiff"], overrides=chain["codiff_overrides"])
-    part = load_model("configs/tiny/codiff.yaml", partial, overrides=chain["codiff_overrides"])
+    full = load_model("configs/tiny/codiff.yaml", chain["ckpt"]["codiff"], overrides=chain["overrides"])
+    part = load_model("configs/tiny/codiff.yaml", partial, overrides=chain["overrides"])
     a, b = full.state_dict(), part.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

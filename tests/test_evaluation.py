@@ -3,7 +3,6 @@ missing-file errors, and evaluate.py / sharded generate.py end to end on the tin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,15 +21,9 @@ from ldm.evaluation import metrics, real_metrics
 from ldm.evaluation.bisenet import BISENET_CLASS_NAMES, BISENET_TO_RELEASED, BiSeNet
 from ldm.evaluation.fid_inception import FIDInceptionV3
 
-REPO = Path(__file__).resolve().parents[1]
-MASK = Path(__file__).resolve().parent / "assets" / "256_masks" / "29980.png"
+from conftest import ASSETS, REPO, script
 
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+MASK = ASSETS / "256_masks" / "29980.png"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -277,29 +270,15 @@ def test_missing_real_data_weights_say_which_file(load, arg, flag, name):
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """A tiny FaceWorld, the tiny chain trained 2 steps per stage, and random tiny evaluators (safetensors + yaml)."""
+def chain(tiny_chain):
+    """The session's tiny chain plus random tiny evaluators (safetensors + yaml)."""
     from ldm.checkpoints import save_safetensors
     from ldm.modules.attribute_classifier import AttributeClassifier
     from ldm.modules.face_parser import FaceParser
 
-    os.chdir(REPO)
-    os.environ["LDM_PROGRESS"] = "0"
-    root = tmp_path_factory.mktemp("evalchain")
-    data = root / "faceworld"
-    assert script("make_faceworld").main(["--out", str(data), "--num", "16", "--seed", "1", "--size", "32", "--test-size", "5"]) == 0
-    runs = root / "runs"
-    ckpt = {n: runs / n / "checkpoints" / "last.ckpt" for n in ("vae", "text", "mask", "codiff")}
-    common = ["--accelerator", "cpu", "--devices", "1", "--max-steps", "2", f"data.train.params.root={data}"]
-    assert script("train_vae").main(["--config", "configs/tiny/vae.yaml", "--run-dir", str(runs / "vae"), *common]) == 0
-    for name in ("text", "mask"):
-        assert script("train_ldm").main(["--config", f"configs/tiny/{name}.yaml", "--run-dir", str(runs / name), *common,
-                                         f"model.params.vae.params.ckpt={ckpt['vae']}"]) == 0
-    overrides = [f"model.params.vae.params.ckpt={ckpt['vae']}", f"model.params.experts.text.params.ckpt={ckpt['text']}",
-                 f"model.params.experts.seg_mask.params.ckpt={ckpt['mask']}"]
-    assert script("train_diffuser").main(["--config", "configs/tiny/codiff.yaml", "--run-dir", str(runs / "codiff"), *common, *overrides]) == 0
+    root = tiny_chain["root"]
     evaluators = root / "evaluators"
-    evaluators.mkdir()
+    evaluators.mkdir(exist_ok=True)
     torch.manual_seed(0)
     # the parser as the FaceWorld recipe ships it (float16 keys 'parser.*', the training module's config) ...
     parser = {f"parser.{k}": v.half() for k, v in FaceParser(width=8).state_dict().items()}
@@ -309,7 +288,7 @@ def chain(tmp_path_factory):
     # ... and the classifier as a bare network with its own config
     save_safetensors(AttributeClassifier(width=8).state_dict(), evaluators / "classifier.safetensors")
     (evaluators / "classifier.yaml").write_text("model: {target: ldm.modules.attribute_classifier.AttributeClassifier, params: {width: 8}}\n")
-    return {"data": data, "ckpt": ckpt, "overrides": overrides, "evaluators": evaluators}
+    return {**tiny_chain, "evaluators": evaluators}
 
 
 def evaluate_argv(chain, out, *extra):
