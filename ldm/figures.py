@@ -88,10 +88,11 @@ def write_comparison(
     save_influence: bool = False,
     progress: bool = True,
     grid_name: Optional[str] = "grid.png",
+    speed=None,
 ) -> list[Path]:
     """Sample every method from the same seed, write each image, a grid (``grid_name``: conditions, then one
     row per method; none if ``None``) and, with ``save_influence``, the influence figures of the collaborative
-    sampler."""
+    sampler. ``speed``: :class:`ldm.speed.SpeedOptions` for :func:`ldm.pipeline.sample` (default none)."""
     from ldm.pipeline import sample
 
     out_dir = Path(out_dir)
@@ -100,7 +101,7 @@ def write_comparison(
         generator = torch.Generator().manual_seed(seed)
         result = sample(
             model, conditions, method=method, steps=steps, eta=eta, generator=generator, options=options,
-            record_trace=save_influence and method == "collaborative", progress=progress,
+            record_trace=save_influence and method == "collaborative", progress=progress, speed=speed,
         )
         rows[method] = result.images
         for i, image in enumerate(result.images):

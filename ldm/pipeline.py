@@ -23,6 +23,7 @@ from ldm.diffusion.collaborative import (
 )
 from ldm.diffusion.ddim import ddim_sample, ddim_timesteps
 from ldm.errors import UserError
+from ldm.speed import SpeedOptions, apply_speed_options, concurrent_runner, fast_network
 
 logger = logging.getLogger(__name__)
 
@@ -114,18 +115,47 @@ def sample(
     lambdas: Optional[Mapping[str, float]] = None,
     record_trace: bool = False,
     progress: bool = False,
+    speed: Optional[SpeedOptions] = None,
 ) -> Samples:
     """Generate one image per row of ``conditions`` (raw batch values keyed by modality).
 
     x_T is drawn from ``generator`` (a CPU generator gives the same images on every device), then DDIM
-    runs on the model's device.
+    runs on the model's device. ``speed``: see :func:`sample_from_contexts`.
     """
     modalities = method_modalities(model, method, list(conditions))
     contexts = {m: model.experts[m].encode(conditions[m]) for m in modalities}
     return sample_from_contexts(
         model, contexts, method=method, steps=steps, eta=eta, generator=generator, options=options,
-        lambdas=lambdas, record_trace=record_trace, progress=progress,
+        lambdas=lambdas, record_trace=record_trace, progress=progress, speed=speed,
     )
+
+
+def make_eps_fn(
+    model: nn.Module,
+    contexts: Mapping[str, torch.Tensor],
+    *,
+    method: str,
+    options: CollaborativeOptions = CollaborativeOptions(),
+    lambdas: Optional[Mapping[str, float]] = None,
+    on_weights: Optional[Callable] = None,
+    speed: Optional[SpeedOptions] = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The ``eps_fn(x_t, t)`` of ``method`` with the model's experts (and diffusers) bound to ``contexts``
+    (on the model's device). With ``speed``, every network runs under its autocast and returns float32, and
+    the networks of one step run on separate CUDA streams (``speed.streams``, CUDA only)."""
+    experts = bind_experts(model.experts, contexts)
+    diffusers = bind_diffusers(model.diffusers, contexts) if method == "collaborative" else {}
+    run = None
+    if speed is not None:
+        device = next(model.parameters()).device
+        experts = {m: fast_network(fn, speed, device) for m, fn in experts.items()}
+        diffusers = {m: fast_network(fn, speed, device) for m, fn in diffusers.items()}
+        run = concurrent_runner(device) if speed.streams else None
+    if method == "collaborative":
+        return make_collaborative_eps_fn(experts, diffusers, options, on_weights, run=run)
+    if method == "composable":
+        return make_composable_eps_fn(experts, lambdas, run=run)
+    return experts[next(iter(contexts))]
 
 
 @torch.no_grad()
@@ -141,17 +171,23 @@ def sample_from_contexts(
     lambdas: Optional[Mapping[str, float]] = None,
     record_trace: bool = False,
     progress: bool = False,
+    speed: Optional[SpeedOptions] = None,
 ) -> Samples:
     """:func:`sample` from condition tokens ``{m: [B, N, D]}`` already encoded (or optimised and interpolated,
-    as Imagic editing does): the experts and the diffusers read these tokens; ``method`` combines them."""
+    as Imagic editing does): the experts and the diffusers read these tokens; ``method`` combines them.
+
+    ``speed`` (default: none, the networks as built, in the model's dtype) is first applied to the model in
+    place (:func:`ldm.speed.apply_speed_options`); each network call then runs under its autocast and
+    returns float32, so x_T, the combination of the experts and the DDIM arithmetic stay float32.
+    """
+    if speed is not None:
+        apply_speed_options(model, speed)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     contexts = {m: c.to(device=device, dtype=dtype) for m, c in contexts.items()}
-    modalities = list(contexts)
     batch = next(iter(contexts.values())).shape[0]
     shape = (batch, *model.vae.latent_shape)
     x_T = torch.randn(shape, generator=generator, device=generator.device).to(device=device, dtype=dtype)
-    experts = bind_experts(model.experts, contexts)
 
     trace = Trace() if record_trace else None
 
@@ -159,14 +195,10 @@ def sample_from_contexts(
         for m, w in weights.items():
             trace.weights.setdefault(m, []).append(w.float().cpu())
 
-    if method == "collaborative":
-        eps_fn = make_collaborative_eps_fn(
-            experts, bind_diffusers(model.diffusers, contexts), options, on_weights if trace is not None else None
-        )
-    elif method == "composable":
-        eps_fn = make_composable_eps_fn(experts, lambdas)
-    else:
-        eps_fn = experts[modalities[0]]
+    eps_fn = make_eps_fn(
+        model, contexts, method=method, options=options, lambdas=lambdas,
+        on_weights=on_weights if trace is not None else None, speed=speed,
+    )
 
     def callback(i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         if trace is not None:

@@ -16,6 +16,8 @@ Examples:
   python scripts/generate.py --config configs/256_text.yaml --ckpt checkpoints/256_text.ckpt --text "He is a teen."
   # many (mask, caption) pairs from a file, shared out over 4 processes (or torchrun / srun; --shard i/n by hand)
   torchrun --nproc-per-node 4 scripts/generate.py --config C --ckpt K --conditions pairs.json --device cuda --out outputs/pairs
+  # faster on a GPU: bf16 autocast, channels_last, compiled UNets (see docs/performance.md)
+  python scripts/generate.py --config C --ckpt K --mask M.png --text T --device cuda --precision bf16 --channels-last --compile
 
 --conditions FILE: a JSON list of {"mask": PNG, "text": caption, "name": optional folder name} or a CSV with a
 header naming the columns mask, text (and optionally name); mask paths are relative to the file's folder.
@@ -48,6 +50,7 @@ from ldm.errors import UserError  # noqa: E402
 from ldm.figures import GRID_TILE, condition_tiles, write_comparison  # noqa: E402
 from ldm.images import grid, save_png  # noqa: E402
 from ldm.pipeline import load_model  # noqa: E402
+from ldm.speed import SpeedOptions  # noqa: E402
 
 logger = logging.getLogger("generate")
 
@@ -69,8 +72,19 @@ def parse(argv):
     p.add_argument("--save-influence", action="store_true", help="write influence maps and x_t at every step (Figures A4/A5)")
     p.add_argument("--conditions", default=None, help="JSON or CSV file of many (mask, text) pairs (see below)")
     p.add_argument("--shard", default=None, help="RANK/WORLD_SIZE of this process (default: torchrun / SLURM environment)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision of the networks (default fp32; x_T and the DDIM update stay fp32)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the convolutions")
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNets (skipped with a warning where unavailable)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return p.parse_args(argv)
+
+
+def speed_options(args) -> SpeedOptions | None:
+    """The --precision/--channels-last/--compile choices; ``None`` (the plain path) when all are defaults."""
+    if args.precision == "fp32" and not args.channels_last and not args.compile:
+        return None
+    return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 
 
 def check_ranges(steps: int, eta: float, batch: int) -> None:
@@ -214,12 +228,15 @@ def main(argv=None):
         methods = ["mask" if m == "seg_mask" else m for m in model.experts]
     settings = {"config": args.config, "ckpt": args.ckpt, "mask": args.mask, "text": args.text, "methods": methods,
                 "preset": args.preset or defaults.preset, "steps": steps, "eta": eta, "seed": args.seed, "batch_size": batch}
+    speed = speed_options(args)
+    if speed is not None:
+        settings["speed"] = speed.describe()
     if args.conditions or shard.is_sharded:
         return generate_sharded(args, model, methods, out, shard, settings, batch, pairs if args.conditions else None,
-                                None if args.conditions else conditions, steps=steps, eta=eta, options=options)
+                                None if args.conditions else conditions, steps=steps, eta=eta, options=options, speed=speed)
     written = write_comparison(
         model, conditions, methods, out, steps=steps, eta=eta, seed=args.seed, options=options,
-        save_influence=args.save_influence,
+        save_influence=args.save_influence, speed=speed,
     )
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     print(f"wrote {len(written)} files; grid: {out / 'grid.png'}")

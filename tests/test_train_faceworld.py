@@ -16,11 +16,15 @@ from ldm.pipeline import load_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("train_faceworld", ROOT / "scripts" / "train_faceworld.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
+
+
+def _script():
+    return _load("train_faceworld")
 
 
 def test_help(capsys):
@@ -49,6 +53,13 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     assert parser(torch.zeros(1, 3, 64, 64)).shape == (1, 19, 64, 64)
     summary = json.loads((export / "recipe.json").read_text())
     assert summary["stages"]["text"]["steps"] == 2 and "accuracy" in summary["stages"]
+
+    # the demo samples from the shipped files when they are there
+    demo = _load("demo")
+    assert demo.main(["--checkpoints", str(export), "--out", str(tmp_path / "demo"), "--pairs", "2", "--samples", "1", "--steps", "2"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert str(tmp_path / "demo" / "overview.png") in printed and sum(p.endswith("grid.png") for p in printed) == 2
+    assert any(p.endswith("influence_text.png") for p in printed)
 
     # a re-run skips every finished stage and exports the same weights
     before = (work / "runs" / "vae" / "done.json").read_text()

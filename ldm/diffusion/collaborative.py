@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -25,6 +26,12 @@ EpsFn = Callable[[Tensor, Tensor], Tensor]  # (x_t [B,C,H,W], t LongTensor[B]) -
 LogitFn = Callable[[Tensor, Tensor], Tensor]  # (x_t [B,C,H,W], t LongTensor[B]) -> logits [B,1,H,W]
 Weight = Union[Tensor, float]
 WeightsCallback = Callable[[Tensor, dict[str, Tensor]], None]
+# Evaluates named, independent network calls (e.g. on separate CUDA streams); default: one after another.
+Runner = Callable[[Mapping[str, Callable[[], Tensor]]], dict[str, Tensor]]
+
+
+def _sequential(calls: Mapping[str, Callable[[], Tensor]]) -> dict[str, Tensor]:
+    return {name: call() for name, call in calls.items()}
 
 
 def _check_same_keys(what: str, expected: Mapping, given: Mapping, given_name: str) -> None:
@@ -203,11 +210,14 @@ def make_collaborative_eps_fn(
     diffuser_logit_fns: Mapping[str, LogitFn],
     options: CollaborativeOptions = PAPER,
     on_weights: Optional[WeightsCallback] = None,
+    run: Optional[Runner] = None,
 ) -> EpsFn:
     """An ``eps_fn(x_t, t)`` for :func:`ldm.diffusion.ddim.ddim_sample` doing the collaborative step.
 
     Each expert and each dynamic diffuser is a callable of (x_t, t) with its condition bound in.
     ``on_weights(t, weights)`` receives the final per-pixel weights (e.g. for influence-map figures).
+    ``run`` evaluates the step's independent network calls (``ldm.speed.concurrent_runner`` puts them on
+    separate CUDA streams); by default they run one after another.
     """
     if not expert_eps_fns:
         raise ValueError("make_collaborative_eps_fn needs at least one expert")
@@ -215,10 +225,14 @@ def make_collaborative_eps_fn(
     for modality in options.targeted_modalities:
         _require(expert_eps_fns, modality)
     experts, diffusers = dict(expert_eps_fns), dict(diffuser_logit_fns)
+    run = run or _sequential
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        eps = {m: expert(x_t, t) for m, expert in experts.items()}
-        logits = {m: diffusers[m](x_t, t) for m in experts}
+        calls = {f"eps/{m}": partial(expert, x_t, t) for m, expert in experts.items()}
+        calls.update({f"logits/{m}": partial(diffusers[m], x_t, t) for m in experts})
+        out = run(calls)
+        eps = {m: out[f"eps/{m}"] for m in experts}
+        logits = {m: out[f"logits/{m}"] for m in experts}
         weights = adjust_weights(influence_weights(logits), t, options)
         if on_weights is not None:
             on_weights(t, weights)
@@ -238,12 +252,16 @@ def composable_weights(modalities: Sequence[str], lambdas: Optional[Mapping[str,
     return {m: float(lambdas[m]) for m in names}
 
 
-def make_composable_eps_fn(expert_eps_fns: Mapping[str, EpsFn], lambdas: Optional[Mapping[str, float]] = None) -> EpsFn:
-    """An ``eps_fn(x_t, t)`` combining the experts with global (composable) weights."""
+def make_composable_eps_fn(
+    expert_eps_fns: Mapping[str, EpsFn], lambdas: Optional[Mapping[str, float]] = None, run: Optional[Runner] = None
+) -> EpsFn:
+    """An ``eps_fn(x_t, t)`` combining the experts with global (composable) weights (``run``: as for
+    :func:`make_collaborative_eps_fn`)."""
     experts = dict(expert_eps_fns)
     weights = composable_weights(list(experts), lambdas)
+    run = run or _sequential
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        return combine({m: expert(x_t, t) for m, expert in experts.items()}, weights)
+        return combine(run({m: partial(expert, x_t, t) for m, expert in experts.items()}), weights)
 
     return eps_fn

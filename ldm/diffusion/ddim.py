@@ -83,6 +83,14 @@ def _check_timesteps(timesteps: Union[Tensor, Sequence[int]], num_timesteps: int
     return ts
 
 
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``. CPU -> CUDA goes through pinned memory without blocking: a plain copy from
+    pageable memory would wait for every queued kernel, stalling the GPU once per step."""
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @torch.no_grad()
 def ddim_sample(
     eps_fn: EpsFn,
@@ -124,7 +132,7 @@ def ddim_sample(
         sigma = float(sigmas[i])
         noise = None
         if sigma > 0.0:
-            noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+            noise = _to_device(torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype), x.device)
         x, x0_pred = ddim_step(x, eps, float(alphas[i]), float(alphas_prev[i]), sigma, noise)
         if callback is not None:
             callback(step_index, t, x, x0_pred)
