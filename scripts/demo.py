@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 from ldm.cli import main_guard, make_parser, setup_logging, writable_dir  # noqa: E402
 from ldm.config import load_config  # noqa: E402
 from ldm.data.celeba import PreprocessedFaces  # noqa: E402
@@ -76,32 +78,51 @@ def test_pairs(seed: int, num: int, count: int) -> list[tuple[str, str, object]]
 
 
 def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
-    """Sample from the shipped FaceWorld models; returns the figures written."""
+    """Sample from the shipped FaceWorld models; returns the figures written.
+
+    Every method samples all pairs in one batch (same seed for every method), which is what keeps this under
+    a minute on a CPU; the per-pair grids and the first pair's influence figures are cut from those batches."""
+    from ldm.figures import GRID_TILE, sample_grid, save_influence_figures
+    from ldm.pipeline import sample
+
     recipe = json.loads((ckpt_dir / "recipe.json").read_text())
     data = recipe["stages"]["data"]
     model = load_model(ckpt_dir / "codiff.yaml", ckpt_dir / "codiff.safetensors", "cpu")
     pairs = test_pairs(int(data.get("seed", 0)), int(data["num"]), args.pairs)
-    written, columns = [], []
+    k = args.samples
+    conditions = {
+        "seg_mask": torch.cat([mask.unsqueeze(0).repeat(k, 1, 1) for _, _, mask in pairs]),  # [P*k, 19, 1024]
+        "text": [caption for _, caption, _ in pairs for _ in range(k)],
+    }
     options = CollaborativeOptions.from_preset(args.preset)
-    for i, (name, caption, mask) in enumerate(pairs):
-        conditions = {"seg_mask": mask.unsqueeze(0).repeat(args.samples, 1, 1), "text": [caption] * args.samples}
-        pair_dir = out / f"pair{i}_{name}"
-        written += write_comparison(
-            model, conditions, METHODS, pair_dir, steps=args.steps, eta=1.0, seed=args.seed, options=options,
-            save_influence=i == 0, progress=False,
+    images, written = {}, []
+    for method in METHODS:
+        result = sample(
+            model, conditions, method=method, steps=args.steps, eta=1.0, generator=torch.Generator().manual_seed(args.seed),
+            options=options, record_trace=method == "collaborative", progress=False,
         )
-        columns.append(condition_tiles(conditions, 0, 64) + [load_first(pair_dir, m, args.seed) for m in METHODS])
-    rows = [list(r) for r in zip(*columns)]  # one row per condition / method, one column per pair
-    path = out / "overview.png"
-    save_png(grid(rows, 64, labels=["mask", "caption"] + [m if m != "text" else "text only" for m in METHODS[:3]] + ["mask only"]), path)
+        images[method] = result.images
+        if result.trace is not None:
+            decode = lambda z: model.decode_latents(z.to(model.device)).cpu()  # noqa: E731
+            first = {"seg_mask": conditions["seg_mask"][:1], "text": conditions["text"][:1]}
+            written += save_influence_figures(result.trace, decode, first, result.images, out / f"pair0_{pairs[0][0]}" / "influence")
+    columns = []
+    for i, (name, _, _) in enumerate(pairs):
+        pair_dir = out / f"pair{i}_{name}"
+        rows = {m: images[m][i * k:(i + 1) * k] for m in METHODS}
+        for m, batch in rows.items():
+            for j, image in enumerate(batch):
+                path = pair_dir / f"{m}_seed{args.seed}_{j:03d}.png"
+                save_png(to_uint8(image), path)
+                written.append(path)
+        pair_conditions = {key: value[i * k:(i + 1) * k] for key, value in conditions.items()}
+        path = pair_dir / "grid.png"
+        save_png(sample_grid(rows, pair_conditions, GRID_TILE), path)
+        written.append(path)
+        columns.append(condition_tiles(pair_conditions, 0, 64) + [to_uint8(rows[m][0]) for m in METHODS])
+    path = out / "overview.png"  # one column per pair; rows: mask, caption, then each method's first sample
+    save_png(grid([list(r) for r in zip(*columns)], 64, labels=["mask", "caption", "collaborative", "composable", "text only", "mask only"]), path)
     return written + [path]
-
-
-def load_first(pair_dir: Path, method: str, seed: int):
-    from PIL import Image
-    import numpy as np
-
-    return np.asarray(Image.open(pair_dir / f"{method}_seed{seed}_000.png").convert("RGB"))
 
 
 def tiny_demo(args, out: Path) -> list[Path]:
