@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import signal
 import subprocess
@@ -24,15 +23,9 @@ import torch
 
 from ldm.checkpoints import load_state_dict
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, script
+
 STEPS = 6  # the uninterrupted run
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
