@@ -1,7 +1,7 @@
 """Make FaceWorld and train every FaceWorld model on it, then ship them (what `make train-faceworld` runs).
 
-Stages: FaceWorld (64x64) -> VAE -> scale_factor -> text and mask experts -> dynamic diffusers -> face parser
-and attribute classifier (and their accuracy on the test split) -> export to checkpoints/faceworld/ as
+Stages: FaceWorld (64x64) -> face parser and attribute classifier (and their accuracy on the test split)
+-> VAE -> scale_factor -> text and mask experts -> dynamic diffusers -> export to checkpoints/faceworld/ as
 float16 safetensors with resolved configs. Finished stages are skipped on a re-run; an interrupted one
 resumes from its last checkpoint. Sizes and step counts are in configs/faceworld/*.yaml.
 

@@ -11,8 +11,8 @@ The factors are split the way the paper splits the modalities, and all are drawn
   shape; hair length (short / medium / long) and bangs; eyeglasses; hat; earrings; necklace; mouth open or
   closed; neck width and neckline (round, V, high collar).
 * **caption-only** (named in the caption, invisible in the mask): age in 5 levels (teen, young adult,
-  thirties, middle-aged, elderly -> blush and skin tone, wrinkle lines, hair greyness), beard in 4 levels
-  (none, short, medium, long -> beard texture on the skin of the lower face; men only) and gender (the
+  thirties, middle-aged, elderly -> cheek blush, forehead lines and folds, hair greyness, skin tone), beard in 4 levels
+  (none, short, medium, long -> beard texture on the skin of the lower face, a long one also over the neck; men only) and gender (the
   pronoun; in the image only the lip colour and the beard).
 * **nuisance** (in neither): skin tone, hair, eye, cloth, background and accessory colours, lighting.
 
@@ -239,15 +239,22 @@ _HAIR_COLORS = np.array(
 _EYE_COLORS = np.array([[0.35, 0.20, 0.10], [0.25, 0.45, 0.70], [0.30, 0.50, 0.30]], np.float32)
 _METALS = np.array([[0.86, 0.86, 0.9], [0.95, 0.8, 0.35]], np.float32)
 _GREY = np.array([0.78, 0.78, 0.76], np.float32)
-# Per age level: hair greyness, wrinkle strength, cheek blush, skin desaturation.
-_AGE_GREY = (0.0, 0.0, 0.15, 0.45, 0.85)
-_AGE_WRINKLE = (0.0, 0.0, 0.35, 0.7, 1.0)
-_AGE_BLUSH = (0.7, 0.25, 0.0, 0.0, 0.0)
-_AGE_DESAT = (0.0, 0.0, 0.05, 0.15, 0.3)
-# Per beard level: opacity, speckle threshold, how far up the cheeks it reaches (face v coordinate).
-_BEARD_DARK = (0.0, 0.65, 0.8, 0.95)
-_BEARD_SPECKLE = (np.inf, -0.5, -1.2, -9.0)  # a pixel has hair where the fine noise exceeds this
-_BEARD_TOP = (1.0, 0.3, 0.2, 0.05)
+# The caption-only cues are drawn strong enough to be read off a 64x64 image whatever the nuisance factors
+# (skin tone, hair colour, a hat hiding the hair): every level differs from its neighbours in at least
+# one cue that does not depend on colour alone.
+# Per age level: hair greyness, wrinkle strength, number of forehead lines, cheek blush, skin desaturation.
+_AGE_GREY = (0.0, 0.0, 0.3, 0.6, 0.92)
+_AGE_WRINKLE = (0.0, 0.0, 0.8, 0.9, 1.0)
+_AGE_LINES = (0, 0, 1, 2, 3)
+_AGE_BLUSH = (1.0, 0.0, 0.0, 0.0, 0.0)
+_AGE_DESAT = (0.0, 0.0, 0.0, 0.15, 0.35)
+# Per beard level: opacity, speckle threshold (a pixel has hair where the fine noise exceeds it), and how far
+# up the face it reaches (face v coordinate; the mouth is at about v = 0.5). A long beard also hangs below
+# the chin over the neck (colour only: those pixels stay "neck").
+_BEARD_DARK = (0.0, 0.7, 0.85, 0.95)
+_BEARD_SPECKLE = (np.inf, 0.0, -1.0, -9.0)
+_BEARD_TOP = (1.0, 0.42, 0.12, -0.05)
+_BEARD_BELOW_CHIN = (0.0, 0.0, 0.0, 0.45)  # extra face-v units below the chin
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -419,8 +426,8 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
     taper = 1.0 - f.face_jaw * np.clip(V, 0.0, 1.0) ** 2
     face = (U / taper) ** 2 + V**2 <= 1.0
     skin = skin_rgb * _shade(X, Y, fx, fy, a, b, light) * (1.0 + 0.03 * fine + 0.04 * low)[..., None]
-    blush = _AGE_BLUSH[f.age] * np.exp(-((np.abs(U) - 0.55) ** 2 + (V - 0.25) ** 2) / 0.05)
-    skin = skin * (1 - 0.25 * blush[..., None]) + 0.25 * blush[..., None] * np.array([0.95, 0.45, 0.5], np.float32)
+    blush = 0.7 * _AGE_BLUSH[f.age] * np.exp(-((np.abs(U) - 0.52) ** 2 + (V - 0.22) ** 2) / 0.04)
+    skin = skin * (1 - blush[..., None]) + blush[..., None] * np.array([0.95, 0.35, 0.45], np.float32)
     cv.paint(full, face, SKIN, skin)
 
     # -- nose ------------------------------------------------------------------------------------------
@@ -497,27 +504,36 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
 
     # -- caption-only skin effects: wrinkles and beard (colour only; the pixels stay "skin") -------------
     on_skin = cv.cls == SKIN
+    # lines and beard contrast with the skin whatever its tone: darker on light skin, lighter on dark skin
+    dark_skin = float(skin_rgb.mean()) < 0.3
     wr = _AGE_WRINKLE[f.age]
     if wr > 0:
-        line_w = 0.012 / b
+        line_w = 0.03 / b  # about one output pixel
         lines = np.zeros_like(U)
-        for k, v0 in enumerate((-0.48, -0.4, -0.32)[: 1 + f.age - 2]):
-            lines += (np.abs(V - v0 - 0.025 * np.sin(7.0 * U + k)) < line_w) * (np.abs(U) < 0.5)
+        for k, v0 in enumerate((-0.5, -0.38, -0.26)[: _AGE_LINES[f.age]]):
+            lines += (np.abs(V - v0 - 0.025 * np.sin(7.0 * U + k)) < line_w) * (np.abs(U) < 0.55)
         fold_u = 0.24 + 0.2 * np.clip((V - 0.18) / 0.36, 0, 1)
         lines += (np.abs(np.abs(U) - fold_u) < line_w * b / a) * (V > 0.18) * (V < 0.56)
         if f.age >= 3:  # crow's feet and bags under the eyes
             lines += (np.abs(np.abs(U) - 0.75 - 0.5 * (V + 0.12)) < line_w * b / a) * (np.abs(V + 0.12) < 0.07)
             lines += (np.abs(V - 0.02 - 0.08 * ((np.abs(U) - 0.42) / 0.2) ** 2) < line_w) * (np.abs(np.abs(U) - 0.42) < 0.18)
-        cv.rgb[on_skin] *= (1.0 - 0.35 * wr * np.clip(lines, 0, 1))[on_skin][..., None]
+        ink = (0.6 * wr * np.clip(lines, 0, 1))[on_skin][..., None]
+        target = np.float32(0.75) if dark_skin else np.float32(0.0)
+        cv.rgb[on_skin] = cv.rgb[on_skin] * (1 - ink) + ink * target * np.ones(3, np.float32)
     if f.beard:
+        beard_rgb = hair_rgb * 0.6
+        if dark_skin:  # a dark beard on dark skin would be invisible: draw it grey
+            beard_rgb = np.maximum(beard_rgb, np.float32(0.55) * _GREY)
         top = _BEARD_TOP[f.beard] + (0.35 if f.beard < 3 else 0.2) * U**2
-        zone = (V > top) & on_skin
+        below = _BEARD_BELOW_CHIN[f.beard]
+        on_neck = (cv.cls == NECK) & (np.abs(U) < 0.6) & (V < 1.0 + below)
+        zone = (V > top) & (on_skin | on_neck)
         speckle = (fine > _BEARD_SPECKLE[f.beard]).astype(np.float32)
         if f.beard >= 2:  # strands
             speckle *= 0.75 + 0.25 * np.sin(110.0 * X + 6.0 * low + 20.0 * V * (f.beard - 2))
         fade = np.clip((V - top) / 0.1, 0.0, 1.0)
         alpha = (_BEARD_DARK[f.beard] * speckle * fade)[zone][..., None]
-        cv.rgb[zone] = cv.rgb[zone] * (1 - alpha) + alpha * hair_rgb * 0.6
+        cv.rgb[zone] = cv.rgb[zone] * (1 - alpha) + alpha * beard_rgb
 
     # -- hair over the forehead (with bangs down to the brows) -------------------------------------------
     if f.bangs:
