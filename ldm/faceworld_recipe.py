@@ -11,7 +11,8 @@ an interrupted training stage resumes from its last checkpoint):
                   passed as an override to the experts and the collaborative model
 5. ``text``, ``mask``   the two experts, over the frozen VAE
 6. ``codiff``     the dynamic diffusers, over the frozen experts
-7. ``export``     ``<export>/{vae,text,mask,codiff,parser,classifier}.safetensors`` (float16; loaded into
+7. ``usage``      how much each expert uses its condition (ε-MSE with true vs. mismatched conditions)
+8. ``export``     ``<export>/{vae,text,mask,codiff,parser,classifier}.safetensors`` (float16; loaded into
                   float32 modules) with the resolved ``<name>.yaml`` beside each, whose pretrained nodes
                   point at the shipped files; ``codiff`` holds only ``diffusers.*``; ``recipe.json`` holds
                   the measured times, losses and accuracies.
@@ -108,6 +109,7 @@ class Recipe:
         self.stage_scale()
         for name in ("text", "mask", "codiff"):
             self.stage_train(name)
+        self.stage_usage()
         summary = self.stage_export()
         logger.info("recipe finished in %.0f s (this invocation)", time.time() - total)
         return summary
@@ -179,6 +181,23 @@ class Recipe:
         print(f"evaluator accuracy on {len(test)} real FaceWorld test images: parser pixel accuracy (32x32) "
               f"{info['parser_pixel_accuracy_32']:.4f}; classifier {info['classifier_accuracy']}", flush=True)
 
+    def stage_usage(self, num: int = 128) -> None:
+        """How much each expert uses its condition (:mod:`ldm.evaluation.condition_usage`) on test images."""
+        if self.record("usage"):
+            return
+        from ldm.evaluation.condition_usage import condition_usage
+        from ldm.pipeline import load_model
+
+        info = {"test_images": None}
+        for name, key in (("text", "text"), ("mask", "seg_mask")):
+            model = load_model(self.runs / name / "checkpoints" / "config.yaml", self.ckpt(name)).eval()
+            test = PreprocessedFaces(str(self.data), split="test", resolution=RESOLUTION, keys=["image", key])
+            batch = next(iter(DataLoader(test, batch_size=min(num, len(test)), shuffle=False)))
+            info["test_images"] = int(batch["image"].shape[0])
+            rows = condition_usage(model, batch["image"], batch[key], torch.Generator().manual_seed(0))
+            info[name] = [{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+        self.finish("usage", info)
+
     def stage_export(self) -> dict:
         export = self.o.export
         export.mkdir(parents=True, exist_ok=True)
@@ -207,7 +226,7 @@ class Recipe:
 
                 save_safetensors(half(load_file(tmp)), shipped[name], metadata={"kind": {"vae": "vae", "codiff": "collaborative"}.get(name, "ldm"), "layout": "native"})
                 tmp.unlink()
-        records = {stage: self.record(stage) for stage in ("data", "scale", *MODELS, "accuracy")}
+        records = {stage: self.record(stage) for stage in ("data", "scale", *MODELS, "accuracy", "usage")}
         sizes = {p.name: p.stat().st_size for p in sorted(export.glob("*.safetensors"))}
         summary = {"stages": records, "file_bytes": sizes, "total_mb": round(sum(sizes.values()) / 2**20, 2)}
         atomic_write_bytes(export / "recipe.json", json.dumps(summary, indent=1).encode())
@@ -226,6 +245,11 @@ def readme(summary: dict) -> str:
         rows.append(f"| `{name}` | configs/faceworld/{name}.yaml | {r['steps']} | {r['batch_size']} | {r['seconds'] / 60:.1f} | {r['seconds_per_step']:.2f} | {losses} |")
     acc = st["accuracy"]
     train_minutes = sum(st[s]["seconds"] for s in ("data", *MODELS)) / 60
+    usage = st["usage"]
+    usage_rows = "\n".join(
+        f"| {name} | [{r['t_lo']}, {r['t_hi']}) | {r['true']:.4f} | {r['mismatched']:.4f} | {r['gain']:+.1%} |"
+        for name in ("text", "mask") for r in usage[name]
+    )
     files = "\n".join(f"| `{n}` | {b / 2**20:.2f} |" for n, b in summary["file_bytes"].items())
     clf = ", ".join(f"{k} {v:.2%}" for k, v in acc["classifier_accuracy"].items())
     return f"""# FaceWorld models
@@ -256,6 +280,16 @@ steps x its measured s/step (`resumed_at_step` in `recipe.json`).
 
 - face parser: pixel accuracy at 32x32 (nearest resize of its argmax, as the condition) **{acc['parser_pixel_accuracy_32']:.2%}**
 - attribute classifier: {clf}
+
+## Do the experts use their conditions?
+
+ε-MSE of each expert on {usage['test_images']} test images with their own condition and with another image's
+(the batch rolled by one), same latents, t and ε (`ldm/evaluation/condition_usage.py`); gain = 1 − true /
+mismatched, about 0 for an expert that ignores its condition.
+
+| expert | t | ε-MSE, true condition | ε-MSE, mismatched | gain |
+| --- | --- | --- | --- | --- |
+{usage_rows}
 
 ## Files (MB)
 

@@ -53,6 +53,9 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     assert parser(torch.zeros(1, 3, 64, 64)).shape == (1, 19, 64, 64)
     summary = json.loads((export / "recipe.json").read_text())
     assert summary["stages"]["text"]["steps"] == 2 and "accuracy" in summary["stages"]
+    usage = summary["stages"]["usage"]
+    assert usage["test_images"] == 2 and [len(usage[n]) for n in ("text", "mask")] == [3, 3]
+    assert "Do the experts use their conditions?" in (export / "README.md").read_text()
 
     # the demo samples from the shipped files when they are there
     demo = _load("demo")
