@@ -50,3 +50,34 @@ def markdown_table(summary: Mapping[str, Mapping[str, float]], caption: str) -> 
     for label, row in summary.items():
         lines.append(f"| {label} | " + " | ".join(_cell(row.get(key), kind) for key, _, kind in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+CLAIM_TOLERANCE = 0.05  # "within 5 points" of the uni-modal model on its own modality
+
+
+def claim_checks(summary: Mapping[str, Mapping[str, float]], tolerance: float = CLAIM_TOLERANCE) -> list[str]:
+    """The paper's claim, checked on an evaluation summary: one ``PASS``/``FAIL`` line per part.
+
+    Collaboration should match the mask-only model on mask accuracy and the text-only model on text accuracy
+    (not more than ``tolerance`` below; above is fine), and beat Composable Diffusion on joint accuracy (higher)
+    and on the Fréchet distance (lower). Parts whose methods or metrics are missing are left out.
+    """
+    collab = summary.get("collaborative")
+    if collab is None:
+        return []
+    parts = []
+    for metric, rival, name in (("mask_accuracy", "mask", "mask acc"), ("text_accuracy", "text", "text acc")):
+        other = summary.get(rival, {})
+        if metric in collab and metric in other:
+            diff = collab[metric] - other[metric]
+            verdict = "PASS" if diff >= -tolerance else "FAIL"
+            parts.append(f"{verdict}: collaborative {name} {collab[metric]:.1%} vs {rival}-only {other[metric]:.1%} "
+                         f"({100 * diff:+.1f} points; needs >= {-100 * tolerance:.0f})")
+    composable = summary.get("composable", {})
+    for metric, name, higher in (("joint_accuracy", "joint acc", True), ("frechet_distance", "FD", False)):
+        if metric in collab and metric in composable:
+            a, b = collab[metric], composable[metric]
+            verdict = "PASS" if (a > b if higher else a < b) else "FAIL"
+            fmt = (lambda v: f"{v:.1%}") if higher else (lambda v: f"{v:.3f}")
+            parts.append(f"{verdict}: collaborative {name} {fmt(a)} vs composable {fmt(b)} ({'higher' if higher else 'lower'} is better)")
+    return parts

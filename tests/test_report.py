@@ -1,0 +1,33 @@
+"""The evaluation table and the automatic check of the paper's claim."""
+
+from ldm.evaluation.report import claim_checks, markdown_table
+
+SUMMARY = {
+    "collaborative": {"n": 4, "mask_accuracy": 0.80, "text_accuracy": 0.90, "joint_accuracy": 0.72, "frechet_distance": 2.0},
+    "composable": {"n": 4, "mask_accuracy": 0.70, "text_accuracy": 0.60, "joint_accuracy": 0.42, "frechet_distance": 3.0},
+    "text": {"n": 4, "mask_accuracy": 0.30, "text_accuracy": 0.93},
+    "mask": {"n": 4, "mask_accuracy": 0.90, "text_accuracy": 0.40},
+}
+
+
+def test_claim_checks_pass_and_fail_by_the_stated_rules():
+    lines = claim_checks(SUMMARY)
+    assert len(lines) == 4
+    mask_line, text_line, joint_line, fd_line = lines
+    assert mask_line.startswith("FAIL") and "-10.0 points" in mask_line  # 10 points under mask-only
+    assert text_line.startswith("PASS") and "-3.0 points" in text_line  # within 5 points
+    assert joint_line.startswith("PASS") and fd_line.startswith("PASS")
+    worse = {**SUMMARY, "collaborative": {**SUMMARY["collaborative"], "joint_accuracy": 0.4, "frechet_distance": 3.5}}
+    assert [line[:4] for line in claim_checks(worse)][2:] == ["FAIL", "FAIL"]
+
+
+def test_claim_checks_leave_out_missing_parts():
+    assert claim_checks({"text": SUMMARY["text"]}) == []
+    only = {"collaborative": SUMMARY["collaborative"], "mask": SUMMARY["mask"]}
+    assert len(claim_checks(only)) == 1
+
+
+def test_markdown_table_has_one_row_per_method_and_only_present_columns():
+    table = markdown_table(SUMMARY, "N = 4")
+    assert table.startswith("N = 4") and table.count("\n| ") == 6  # header, separator, 4 rows
+    assert "FD (parser features)" in table and "FID" not in table and "80.0%" in table
