@@ -1,7 +1,7 @@
 # Set-up and the two main jobs. Each target first creates/updates the project-local virtual environment.
 #   make demo   -- the main job: sample faces (see README)
 #   make test   -- the test suite (CPU, offline, a few minutes on 2 cores)
-#   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, ~80 min on 2 CPU cores)
+#   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, about 85 min on 2 CPU cores)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -28,7 +28,7 @@ test: venv
 demo: venv
 	$(PY) scripts/demo.py --out outputs/demo
 
-# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: ~80 min on 2 CPU cores, fixed seeds.
+# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: about 85 min on 2 CPU cores, fixed seeds.
 train-faceworld: venv
 	LDM_PROGRESS=0 $(PY) scripts/train_faceworld.py --work outputs/faceworld_train --export checkpoints/faceworld
 

@@ -5,6 +5,8 @@ For the first N (mask, caption) pairs of the test split, every method generates 
   age/beard  accuracy of an attribute classifier on the image against the caption's labels (labels.json);
              text acc is their mean, joint acc the per-sample mask acc x text acc, averaged
   FD         Fréchet distance of the parser's features against the same N real test images
+The table also scores the real test images themselves and their VAE reconstructions (encoded and decoded by
+the model's VAE): the latter is the ceiling of any latent diffusion model over that VAE.
 On a FaceWorld (a folder with labels.json) the parser and classifier are the FaceWorld evaluators
 (--parser, --classifier); their own accuracy on the real test images is printed first, with a warning
 below 95%. With the user's weight files it also measures the paper's real-data metrics: FID (pytorch-fid
@@ -52,6 +54,7 @@ from ldm.pipeline import load_model, sample  # noqa: E402
 logger = logging.getLogger("evaluate")
 METHODS = "text,mask,composable,collaborative"
 DOC = Path("docs/faceworld_results.md")
+RECONSTRUCTION = "VAE reconstruction"  # the table row of the real test images encoded and decoded by the model's VAE
 WARNING = "metrics are meaningless; retrain the evaluators"
 PROGRESS = os.environ.get("LDM_PROGRESS", "1") != "0"
 
@@ -230,6 +233,13 @@ def generate_shard(args, methods, dataset, labels, scorer, shard, units, device)
             for k, v in feats.items():
                 features.setdefault(f"{k}/{method}", []).append(v)
             bar.update()
+        # the ceiling of any latent model: the real images through the VAE (posterior mean, decoded)
+        with torch.no_grad():
+            images = model.decode_latents(model.vae.encode(batch["image"].to(device)).mean * model.scale_factor)
+        rows, feats = scorer.score(images, batch, lab)
+        records += [{"unit": unit, "index": i, "name": n, "method": RECONSTRUCTION, **r} for i, n, r in zip(indices, batch["name"], rows)]
+        for k, v in feats.items():
+            features.setdefault(f"{k}/{RECONSTRUCTION}", []).append(v)
     bar.close()
     return records, {k: torch.cat(v) for k, v in features.items()}
 
@@ -247,17 +257,30 @@ def summarize(gathered, methods, real_avg, real_features, n: int) -> dict:
     return {**summary, "real test images": real_avg}
 
 
-def write_results(args, settings, summary, checks, out: Path) -> str:
+def reproducing_argv(argv: list[str]) -> list[str]:
+    """The command line without --merge-only and --shard: the results do not depend on the sharding."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--shard":
+            skip = True
+        elif a != "--merge-only" and not a.startswith("--shard="):
+            out.append(a)
+    return out
+
+
+def write_results(args, settings, summary, checks, out: Path, records=None) -> str:
     caption = (f"N = {settings['num']} held-out pairs, seed {args.seed}, DDIM {args.steps} steps, eta {args.eta}, "
                f"preset {args.preset}; `{args.ckpt}`")
     table = report.markdown_table(summary, caption)
-    claim = report.claim_checks(summary)
+    claim = report.claim_checks(summary, records)
     claim_md = ("\nThe paper's claim (collaborative within 5 points of each uni-modal model on its modality, better than "
                 "composable on joint accuracy and FD):\n\n" + "\n".join(f"- {c}" for c in claim) + "\n") if claim else ""
     (out / "results.json").write_text(json.dumps({"settings": settings, "evaluator_check": checks, "claim": claim, "results": summary}, indent=2))
     (out / "results.md").write_text(table + claim_md + "\n" + "\n".join(f"- {c}" for c in checks) + "\n")
     if args.write_doc:
-        command = " ".join(["python scripts/evaluate.py", *args.argv])
+        command = " ".join(["python scripts/evaluate.py", *reproducing_argv(args.argv)])
         doc = Path(args.write_doc)
         doc.parent.mkdir(parents=True, exist_ok=True)
         doc.write_text(
@@ -312,8 +335,8 @@ def main(argv=None):
     if real_avg is None:  # this rank merges but did not score the real images
         real_avg, real_features = score_real(scorer, dataset, labels, args.batch_size)
         checks = evaluator_check(real_avg)
-    summary = summarize(gathered, methods, real_avg, real_features, n)
-    table = write_results(args, settings, summary, checks, out)
+    summary = summarize(gathered, [*methods, RECONSTRUCTION], real_avg, real_features, n)
+    table = write_results(args, settings, summary, checks, out, gathered.records)
     print(table)
     for line in checks:
         print(line)

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ldm.diffusion.schedule import NoiseSchedule
 from ldm.errors import UserError
-from ldm.evaluation.condition_usage import condition_usage, roll_conditions
+from ldm.evaluation.condition_usage import condition_usage, eps_error_profile, roll_conditions
 
 SCHEDULE = NoiseSchedule()
 
@@ -59,3 +59,15 @@ def test_bad_inputs_are_named():
         condition_usage(model_with(OracleExpert()), images, images, torch.Generator())
     with pytest.raises(UserError, match="band"):
         condition_usage(model_with(OracleExpert()), torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), torch.Generator(), bands=[(0, 2000)])
+
+
+def test_error_profile_oracle_beats_the_trivial_predictor_and_blind_equals_it():
+    images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    oracle = eps_error_profile(model_with(OracleExpert()), images, images, torch.Generator().manual_seed(1), timesteps=(999, 500, 10))
+    blind = eps_error_profile(model_with(BlindExpert()), images, images, torch.Generator().manual_seed(1), timesteps=(999, 500, 10))
+    assert [r["t"] for r in oracle] == [999, 500, 10]
+    assert all(r["model"] < 1e-6 < r["trivial"] for r in oracle)
+    assert all(r["model"] == pytest.approx(r["trivial"], rel=1e-5) for r in blind)
+    assert blind[0]["trivial"] < 1e-3 < blind[2]["trivial"]  # nearly exact at large t, useless at small t
+    with pytest.raises(UserError, match="timesteps"):
+        eps_error_profile(model_with(OracleExpert()), images, images, torch.Generator(), timesteps=(1000,))

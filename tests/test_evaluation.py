@@ -307,7 +307,9 @@ def test_evaluate_end_to_end_and_sharded_merge(chain, tmp_path, capsys):
     assert "retrain the evaluators" in printed  # random evaluators are far below 95%
     results = json.loads((whole / "results.json").read_text())
     table = results["results"]
-    assert set(table) == {"text", "mask", "composable", "collaborative", "real test images"}
+    assert set(table) == {"text", "mask", "composable", "collaborative", "VAE reconstruction", "real test images"}
+    assert table["VAE reconstruction"]["n"] == 4 and results["claim"] and all(c[:4] in ("PASS", "FAIL") for c in results["claim"])
+    assert "The paper's claim" in doc.read_text()
     for method in ("text", "mask", "composable", "collaborative"):
         row = table[method]
         assert row["n"] == 4 and 0 <= row["mask_accuracy"] <= 1 and 0 <= row["joint_accuracy"] <= row["mask_accuracy"] + 1e-9
@@ -321,7 +323,7 @@ def test_evaluate_end_to_end_and_sharded_merge(chain, tmp_path, capsys):
     assert not (sharded / "results.json").exists()
     assert script("evaluate").main(evaluate_argv(chain, sharded, "--shard", "0/2", *two)) == 0
     merged = json.loads((sharded / "results.json").read_text())["results"]
-    assert set(merged) == {"collaborative", "mask", "real test images"}
+    assert set(merged) == {"collaborative", "mask", "VAE reconstruction", "real test images"}
     for method, row in merged.items():
         for key, value in table[method].items():
             assert merged[method][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (method, key)

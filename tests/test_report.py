@@ -1,6 +1,8 @@
 """The evaluation table and the automatic check of the paper's claim."""
 
-from ldm.evaluation.report import claim_checks, markdown_table
+import pytest
+
+from ldm.evaluation.report import claim_checks, markdown_table, paired_difference
 
 SUMMARY = {
     "collaborative": {"n": 4, "mask_accuracy": 0.80, "text_accuracy": 0.90, "joint_accuracy": 0.72, "frechet_distance": 2.0},
@@ -31,3 +33,25 @@ def test_markdown_table_has_one_row_per_method_and_only_present_columns():
     table = markdown_table(SUMMARY, "N = 4")
     assert table.startswith("N = 4") and table.count("\n| ") == 6  # header, separator, 4 rows
     assert "FD (parser features)" in table and "FID" not in table and "80.0%" in table
+
+
+def records_for(values: dict[str, list[float]], key: str = "joint_accuracy") -> list[dict]:
+    return [{"method": m, "index": i, key: v} for m, vs in values.items() for i, v in enumerate(vs)]
+
+
+def test_paired_difference_mean_and_interval():
+    recs = records_for({"collaborative": [1.0, 0.0, 1.0, 1.0], "composable": [0.0, 0.0, 1.0, 0.0]})
+    mean, half = paired_difference(recs, "collaborative", "composable", "joint_accuracy")
+    # differences 1, 0, 0, 1: mean 0.5, sample std 0.57735, 1.96 * std / 2
+    assert mean == pytest.approx(0.5) and half == pytest.approx(1.96 * 0.57735 / 2, rel=1e-4)
+    assert paired_difference(recs[:1], "collaborative", "composable", "joint_accuracy") is None
+
+
+def test_a_win_inside_the_noise_is_marked_not_significant():
+    noisy = records_for({"collaborative": [1.0, 0.0, 1.0, 0.0], "composable": [0.0, 1.0, 1.0, 0.0]})
+    summary = {"collaborative": {"joint_accuracy": 0.5}, "composable": {"joint_accuracy": 0.25}}
+    (line,) = claim_checks(summary, noisy)
+    assert line.startswith("PASS (not significant)") and "paired 95% CI" in line
+    clear = records_for({"collaborative": [1.0] * 8, "composable": [0.0, 0.1] * 4})
+    (line,) = claim_checks({"collaborative": {"joint_accuracy": 1.0}, "composable": {"joint_accuracy": 0.05}}, clear)
+    assert line.startswith("PASS: ")

@@ -54,7 +54,7 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     summary = json.loads((export / "recipe.json").read_text())
     assert summary["stages"]["text"]["steps"] == 2 and "accuracy" in summary["stages"]
     usage = summary["stages"]["usage"]
-    assert usage["test_images"] == 2 and [len(usage[n]) for n in ("text", "mask")] == [3, 3]
+    assert usage["test_images"] == 2 and [len(usage[n]) for n in ("text", "mask", "text_profile", "mask_profile")] == [3, 3, 7, 7]
     assert "Do the experts use their conditions?" in (export / "README.md").read_text()
 
     # the demo samples from the shipped files when they are there

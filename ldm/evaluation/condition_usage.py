@@ -4,8 +4,13 @@ A conditional expert that has learned its condition predicts the noise better wh
 condition than when it is given another image's. For each band of timesteps this measures, on the same latents,
 t and ε, the expert's ε-MSE with the true conditions and with the batch's conditions rolled by one (every image
 gets its neighbour's), and reports ``gain = 1 − true / mismatched``: about 0 for an expert that ignores its
-condition, larger the more the condition explains. A quick diagnostic for undertrained experts (used in the
-FaceWorld recipe's report), not a paper metric.
+condition, larger the more the condition explains.
+
+:func:`eps_error_profile` is the second diagnostic: the expert's ε-MSE at single timesteps beside that of the
+*trivial* predictor ε̂ = x_t / sqrt(1 − ᾱ_t) (x_0 guessed as 0), which is nearly exact at large t (its error is
+ᾱ_t/(1 − ᾱ_t)·E[x_0²]). An expert worse than it there adds error that DDIM multiplies by 1/sqrt(ᾱ_t) in its x_0
+estimate: samples come out with residual noise. Both are quick checks for undertrained experts (used in the
+FaceWorld recipe's report), not paper metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch.nn.functional as F
 from ldm.errors import UserError
 
 DEFAULT_BANDS = ((0, 300), (300, 700), (700, 1000))
+PROFILE_TIMESTEPS = (999, 900, 800, 600, 400, 200, 50)
 
 
 def roll_conditions(conditions: Any) -> Any:
@@ -59,4 +65,38 @@ def condition_usage(
         true = F.mse_loss(expert(x_t, t, true_ctx).float(), noise.float()).item()
         mismatched = F.mse_loss(expert(x_t, t, rolled_ctx).float(), noise.float()).item()
         rows.append({"t_lo": lo, "t_hi": hi, "true": true, "mismatched": mismatched, "gain": 1.0 - true / mismatched})
+    return rows
+
+
+@torch.no_grad()
+def eps_error_profile(
+    model: Any,
+    images: torch.Tensor,
+    conditions: Any,
+    generator: torch.Generator,
+    timesteps: Sequence[int] = PROFILE_TIMESTEPS,
+) -> list[dict[str, float]]:
+    """ε-MSE of ``model.expert`` with the true conditions at each timestep, beside the trivial predictor's.
+
+    Returns one row per timestep: ``{"t", "alpha_bar", "model", "trivial"}``.
+    """
+    num_t = model.schedule.num_timesteps
+    bad = [t for t in timesteps if not 0 <= int(t) < num_t]
+    if bad:
+        raise UserError(f"timesteps {bad} are not in [0, {num_t}); give timesteps of the model's schedule")
+    expert = model.expert
+    x0 = model.vae.encode(images).mean * model.scale_factor
+    context = expert.encode(conditions)
+    rows = []
+    for step in timesteps:
+        t = torch.full((x0.shape[0],), int(step), dtype=torch.long, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = model.schedule.q_sample(x0, t, noise)
+        alpha_bar = float(model.schedule.alphas_cumprod[int(step)])
+        trivial = x_t / (1.0 - alpha_bar) ** 0.5
+        rows.append({
+            "t": int(step), "alpha_bar": alpha_bar,
+            "model": F.mse_loss(expert(x_t, t, context).float(), noise.float()).item(),
+            "trivial": F.mse_loss(trivial.float(), noise.float()).item(),
+        })
     return rows

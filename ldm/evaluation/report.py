@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 # (key in the per-sample records / summary, column title, kind) in table order.
 COLUMNS = (
@@ -55,29 +55,58 @@ def markdown_table(summary: Mapping[str, Mapping[str, float]], caption: str) -> 
 CLAIM_TOLERANCE = 0.05  # "within 5 points" of the uni-modal model on its own modality
 
 
-def claim_checks(summary: Mapping[str, Mapping[str, float]], tolerance: float = CLAIM_TOLERANCE) -> list[str]:
+def paired_difference(records: Sequence[Mapping[str, Any]], a: str, b: str, key: str) -> Optional[tuple[float, float]]:
+    """Mean per-sample difference ``a − b`` of metric ``key`` over the samples both methods scored (same
+    conditions and seeds), and the half-width of its 95% confidence interval (1.96 standard errors).
+    ``None`` when fewer than 2 samples pair up."""
+    first = {r["index"]: r[key] for r in records if r["method"] == a and r.get(key) is not None}
+    diffs = [first[r["index"]] - r[key] for r in records if r["method"] == b and r.get(key) is not None and r["index"] in first]
+    if len(diffs) < 2:
+        return None
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, 1.96 * math.sqrt(var / len(diffs))
+
+
+def claim_checks(
+    summary: Mapping[str, Mapping[str, float]],
+    records: Optional[Sequence[Mapping[str, Any]]] = None,
+    tolerance: float = CLAIM_TOLERANCE,
+) -> list[str]:
     """The paper's claim, checked on an evaluation summary: one ``PASS``/``FAIL`` line per part.
 
     Collaboration should match the mask-only model on mask accuracy and the text-only model on text accuracy
     (not more than ``tolerance`` below; above is fine), and beat Composable Diffusion on joint accuracy (higher)
-    and on the Fréchet distance (lower). Parts whose methods or metrics are missing are left out.
+    and on the Fréchet distance (lower). With the per-sample ``records``, each accuracy line also gives the
+    paired difference's 95% confidence interval, and a win over composable whose interval includes 0 is marked
+    "not significant". Parts whose methods or metrics are missing are left out.
     """
     collab = summary.get("collaborative")
     if collab is None:
         return []
+
+    def interval(rival: str, metric: str) -> tuple[str, Optional[tuple[float, float]]]:
+        ci = paired_difference(records, "collaborative", rival, metric) if records else None
+        return (f", paired 95% CI ±{100 * ci[1]:.1f}" if ci else ""), ci
+
     parts = []
     for metric, rival, name in (("mask_accuracy", "mask", "mask acc"), ("text_accuracy", "text", "text acc")):
         other = summary.get(rival, {})
         if metric in collab and metric in other:
             diff = collab[metric] - other[metric]
             verdict = "PASS" if diff >= -tolerance else "FAIL"
+            ci_text, _ = interval(rival, metric)
             parts.append(f"{verdict}: collaborative {name} {collab[metric]:.1%} vs {rival}-only {other[metric]:.1%} "
-                         f"({100 * diff:+.1f} points; needs >= {-100 * tolerance:.0f})")
+                         f"({100 * diff:+.1f} points{ci_text}; needs >= {-100 * tolerance:.0f})")
     composable = summary.get("composable", {})
-    for metric, name, higher in (("joint_accuracy", "joint acc", True), ("frechet_distance", "FD", False)):
-        if metric in collab and metric in composable:
-            a, b = collab[metric], composable[metric]
-            verdict = "PASS" if (a > b if higher else a < b) else "FAIL"
-            fmt = (lambda v: f"{v:.1%}") if higher else (lambda v: f"{v:.3f}")
-            parts.append(f"{verdict}: collaborative {name} {fmt(a)} vs composable {fmt(b)} ({'higher' if higher else 'lower'} is better)")
+    if "joint_accuracy" in collab and "joint_accuracy" in composable:
+        a, b = collab["joint_accuracy"], composable["joint_accuracy"]
+        ci_text, ci = interval("composable", "joint_accuracy")
+        verdict = "PASS" if a > b else "FAIL"
+        if verdict == "PASS" and ci is not None and ci[0] - ci[1] <= 0:
+            verdict = "PASS (not significant)"
+        parts.append(f"{verdict}: collaborative joint acc {a:.1%} vs composable {b:.1%} ({100 * (a - b):+.1f} points{ci_text}; higher is better)")
+    if "frechet_distance" in collab and "frechet_distance" in composable:
+        a, b = collab["frechet_distance"], composable["frechet_distance"]
+        parts.append(f"{'PASS' if a < b else 'FAIL'}: collaborative FD {a:.3f} vs composable {b:.3f} (lower is better)")
     return parts
