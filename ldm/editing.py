@@ -338,6 +338,12 @@ def edit_grid(
     return grid(rows, tile, labels=labels)
 
 
+def tenths(losses: Sequence[float]) -> tuple[float, float]:
+    """Means of the first and the last tenth of a loss curve (single steps at random t are too noisy to compare)."""
+    k = max(len(losses) // 10, 1)
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
 def run_edit(
     model: nn.Module,
     image: Image.Image,
@@ -393,7 +399,7 @@ def run_edit(
             save_safetensors({"e_opt": e_opt[m], "e_target": e_target[m], "losses": torch.tensor(fit.losses)}, emb_path,
                              metadata={"modality": m, "stage": "A"})
             if fit.losses:
-                logger.info("stage A (%s): loss %.4f -> %.4f over %d steps", m, fit.losses[0], fit.losses[-1], len(fit.losses))
+                logger.info("stage A (%s): loss %.4f -> %.4f (means of the first and last tenth) over %d steps", m, *tenths(fit.losses), len(fit.losses))
         # ---- stage B
         if expert_path.is_file():
             load_strict(expert.unet, load_state_dict(expert_path), source=str(expert_path))
@@ -407,7 +413,7 @@ def run_edit(
             save_safetensors(expert.unet.state_dict(), expert_path,
                              metadata={"modality": m, "stage": "B", "losses": json.dumps(losses)})
             if losses:
-                logger.info("stage B (%s): loss %.4f -> %.4f over %d steps", m, losses[0], losses[-1], len(losses))
+                logger.info("stage B (%s): loss %.4f -> %.4f (means of the first and last tenth) over %d steps", m, *tenths(losses), len(losses))
 
     # ---- stage C: one image per α (each a stage of its own), then the grid
     preset = CollaborativeOptions.from_preset(options.preset)
