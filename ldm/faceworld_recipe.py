@@ -313,6 +313,12 @@ mismatched, about 0 for an expert that ignores its condition.
 
 Total: {summary['total_mb']:.1f} MB.
 
+## What they score
+
+The evaluation of the paper's claim with these files is in `docs/faceworld_results.md` (made by
+`scripts/evaluate.py --write-doc`), the editing table in the main README, and what the numbers mean, why the
+text side is weak and what would fix it in `docs/faceworld_analysis.md`.
+
 ## Use
 
 ```
