@@ -56,6 +56,7 @@ class RecipeOptions:
     batch_size: Optional[int] = None  # overrides every stage's train.batch_size (smoke tests)
     workers: int = 2  # FaceWorld rendering processes
     eval_limit: Optional[int] = None  # test images for the evaluator accuracies (default: the whole split)
+    accelerator: str = "cpu"  # where the training stages run: cpu (the shipped models) or gpu (one device)
 
 
 class Recipe:
@@ -129,12 +130,13 @@ class Recipe:
         resume = "last" if self.ckpt(name).is_file() else None
         first_step = int(torch.load(self.ckpt(name), map_location="cpu", weights_only=False)["global_step"]) if resume else 0
         start = time.time()
-        train(cfg, name, LaunchOptions(accelerator="cpu", devices="1", resume=resume, run_dir=str(run_dir)))
+        train(cfg, name, LaunchOptions(accelerator=self.o.accelerator, devices="1", resume=resume, run_dir=str(run_dir)))
         seconds = time.time() - start
         steps = int(cfg.train.max_steps)
         per_step = seconds / max(steps - first_step, 1)
         self.finish(name, {
             "steps": steps, "batch_size": int(cfg.train.batch_size), "seconds_per_step": round(per_step, 3),
+            "accelerator": self.o.accelerator, "threads": torch.get_num_threads(),
             # an interrupted stage resumed at first_step: its time is estimated at this invocation's rate
             "seconds": round(per_step * steps, 1), "resumed_at_step": first_step or None,
             "final_losses": final_losses(run_dir),
@@ -246,6 +248,8 @@ def readme(summary: dict) -> str:
         losses = ", ".join(f"{k.removeprefix('train/')} {v:.4g}" for k, v in sorted(r["final_losses"].items())) or "-"
         rows.append(f"| `{name}` | configs/faceworld/{name}.yaml | {r['steps']} | {r['batch_size']} | {r['seconds'] / 60:.1f} | {r['seconds_per_step']:.2f} | {losses} |")
     acc = st["accuracy"]
+    first = st["vae"]
+    where = "GPU" if first.get("accelerator") == "gpu" else f"CPU with {first.get('threads', 2)} torch threads"
     train_minutes = sum(st[s]["seconds"] for s in ("data", *MODELS)) / 60
     usage = st["usage"]
     usage_rows = "\n".join(
@@ -261,7 +265,7 @@ def readme(summary: dict) -> str:
     return f"""# FaceWorld models
 
 Made by one command, `make train-faceworld` (= `python scripts/train_faceworld.py --work outputs/faceworld_train
---export checkpoints/faceworld`, stages in `ldm/faceworld_recipe.py`), on the CPU with 2 torch threads and fixed
+--export checkpoints/faceworld`, stages in `ldm/faceworld_recipe.py`), on the {where} and fixed
 seeds: FaceWorld ({st['data']['num']:,} samples at 64x64, seed {st['data'].get('seed', 0)}, the last tenth is the test
 split) -> face parser and attribute classifier (and their accuracy) -> VAE -> scale_factor -> text and mask
 experts -> dynamic diffusers.

@@ -8,6 +8,7 @@ resumes from its last checkpoint. Sizes and step counts are in configs/faceworld
 Examples:
   python scripts/train_faceworld.py                                   # the full recipe (about 85 min, 2 CPU cores)
   python scripts/train_faceworld.py --work /tmp/fw --export /tmp/fw/ckpt --num 32 --steps 2 --batch-size 2   # smoke run
+  python scripts/train_faceworld.py --work outputs/fw_gpu --export outputs/fw_gpu/ckpt --accelerator gpu --steps 20000  # longer, on a GPU
 """
 
 import json
@@ -30,6 +31,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="override every stage's train.batch_size (smoke runs)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--workers", type=int, default=2, help="FaceWorld rendering processes")
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"],
+                   help="where the training stages run (the shipped models: cpu); with gpu, raise the budgets with --steps")
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the evaluator accuracies (default: all)")
     args = p.parse_args(argv)
     setup_logging()
@@ -40,7 +43,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     options = RecipeOptions(
         work=Path(args.work), export=Path(args.export), num=args.num, data_seed=args.data_seed, steps=args.steps,
-        batch_size=args.batch_size, workers=args.workers, eval_limit=args.eval_limit,
+        batch_size=args.batch_size, workers=args.workers, eval_limit=args.eval_limit, accelerator=args.accelerator,
     )
     summary = Recipe(options).run()
     print(json.dumps({"export": str(options.export), "total_mb": summary["total_mb"], "accuracy": summary["stages"]["accuracy"]}, indent=1))
