@@ -256,10 +256,10 @@ def readme(summary: dict) -> str:
         f"| {name} | [{r['t_lo']}, {r['t_hi']}) | {r['true']:.4f} | {r['mismatched']:.4f} | {r['gain']:+.1%} |"
         for name in ("text", "mask") for r in usage[name]
     )
-    profile_t = [r["t"] for r in usage.get("text_profile", [])]
+    profile_t = [r["t"] for r in usage["text_profile"]]
     profile_rows = "\n".join(
         f"| {name} | " + " | ".join(f"{r['model']:.2g}" for r in usage[f"{name}_profile"]) + " |" for name in ("text", "mask")
-    ) + "\n| trivial x_t / sqrt(1 − ᾱ) | " + " | ".join(f"{r['trivial']:.2g}" for r in usage.get("text_profile", [])) + " |"
+    ) + "\n| trivial x_t / sqrt(1 − ᾱ) | " + " | ".join(f"{r['trivial']:.2g}" for r in usage["text_profile"]) + " |"
     files = "\n".join(f"| `{n}` | {b / 2**20:.2f} |" for n, b in summary["file_bytes"].items())
     clf = ", ".join(f"{k} {v:.2%}" for k, v in acc["classifier_accuracy"].items())
     return f"""# FaceWorld models

@@ -235,7 +235,7 @@ def generate_shard(args, methods, dataset, labels, scorer, shard, units, device)
             bar.update()
         # the ceiling of any latent model: the real images through the VAE (posterior mean, decoded)
         with torch.no_grad():
-            images = model.decode_latents(model.vae.encode(batch["image"].to(device)).mean * model.scale_factor)
+            images = model.vae.decode(model.vae.encode(batch["image"].to(device)).mean)
         rows, feats = scorer.score(images, batch, lab)
         records += [{"unit": unit, "index": i, "name": n, "method": RECONSTRUCTION, **r} for i, n, r in zip(indices, batch["name"], rows)]
         for k, v in feats.items():

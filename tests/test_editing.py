@@ -430,7 +430,6 @@ def test_evaluate_editing_without_evaluators_says_so(ckpts, tmp_path, capsys):
 SHIPPED = REPO / "checkpoints" / "faceworld"
 
 
-@pytest.mark.skipif(not (SHIPPED / "codiff.safetensors").is_file(), reason="no shipped FaceWorld models in this checkout")
 def test_real_input_runs_every_mode_with_the_shipped_faceworld_models(tmp_path):
     """The 256² CelebA-HQ face and its hand-edited mask go through every mode with the shipped 64² models
     (resized, centre-cropped); every artefact is written (the picture from FaceWorld models means little)."""

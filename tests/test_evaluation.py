@@ -387,3 +387,9 @@ def test_evaluate_help_has_examples(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "torchrun" in out and "--fid-weights" in out and "--shard" in out
+
+
+def test_the_doc_command_leaves_out_sharding_flags():
+    module = script("evaluate")
+    argv = ["--config", "C", "--shard", "1/2", "--merge-only", "--shard=0/2", "--num", "5"]
+    assert module.reproducing_argv(argv) == ["--config", "C", "--num", "5"]

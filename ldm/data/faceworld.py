@@ -11,9 +11,9 @@ The factors are split the way the paper splits the modalities, and all are drawn
   shape; hair length (short / medium / long) and bangs; eyeglasses; hat; earrings; necklace; mouth open or
   closed; neck width and neckline (round, V, high collar).
 * **caption-only** (named in the caption, invisible in the mask): age in 5 levels (teen, young adult,
-  thirties, middle-aged, elderly -> cheek blush, forehead lines and folds, hair greyness, skin tone), beard in 4 levels
-  (none, short, medium, long -> beard texture on the skin of the lower face, a long one also over the neck; men only) and gender (the
-  pronoun; in the image only the lip colour and the beard).
+  thirties, middle-aged, elderly -> cheek blush, forehead lines and folds, hair greyness, skin tone), beard
+  in 4 levels (none, short, medium, long -> beard texture on the skin of the lower face, a long one also over
+  the neck; men only) and gender (the pronoun; in the image only the lip colour and the beard).
 * **nuisance** (in neither): skin tone, hair, eye, cloth, background and accessory colours, lighting.
 
 Determinism: sample ``i`` of a world with seed ``S`` draws its factors from
@@ -519,7 +519,7 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
             lines += (np.abs(V - 0.02 - 0.08 * ((np.abs(U) - 0.42) / 0.2) ** 2) < line_w) * (np.abs(np.abs(U) - 0.42) < 0.18)
         ink = (0.6 * wr * np.clip(lines, 0, 1))[on_skin][..., None]
         target = np.float32(0.75) if dark_skin else np.float32(0.0)
-        cv.rgb[on_skin] = cv.rgb[on_skin] * (1 - ink) + ink * target * np.ones(3, np.float32)
+        cv.rgb[on_skin] = cv.rgb[on_skin] * (1 - ink) + ink * target
     if f.beard:
         beard_rgb = hair_rgb * 0.6
         if dark_skin:  # a dark beard on dark skin would be invisible: draw it grey

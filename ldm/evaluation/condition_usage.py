@@ -27,6 +27,11 @@ DEFAULT_BANDS = ((0, 300), (300, 700), (700, 1000))
 PROFILE_TIMESTEPS = (999, 900, 800, 600, 400, 200, 50)
 
 
+def clean_latents(model: Any, images: torch.Tensor) -> torch.Tensor:
+    """x0 = E(images)·scale_factor, the VAE posterior mean (no sampling noise in the diagnostics)."""
+    return model.vae.encode(images).mean * model.scale_factor
+
+
 def roll_conditions(conditions: Any) -> Any:
     """Give every row the next row's condition (a list of captions or a tensor with a batch dimension)."""
     if isinstance(conditions, torch.Tensor):
@@ -54,7 +59,7 @@ def condition_usage(
         if not 0 <= lo < hi <= num_t:
             raise UserError(f"timestep band [{lo}, {hi}) is not inside [0, {num_t}); give bands with 0 <= lo < hi <= {num_t}")
     expert = model.expert
-    x0 = model.vae.encode(images).mean * model.scale_factor
+    x0 = clean_latents(model, images)
     true_ctx = expert.encode(conditions)
     rolled_ctx = expert.encode(roll_conditions(conditions))
     rows = []
@@ -85,17 +90,16 @@ def eps_error_profile(
     if bad:
         raise UserError(f"timesteps {bad} are not in [0, {num_t}); give timesteps of the model's schedule")
     expert = model.expert
-    x0 = model.vae.encode(images).mean * model.scale_factor
+    x0 = clean_latents(model, images)
     context = expert.encode(conditions)
     rows = []
     for step in timesteps:
         t = torch.full((x0.shape[0],), int(step), dtype=torch.long, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = model.schedule.q_sample(x0, t, noise)
-        alpha_bar = float(model.schedule.alphas_cumprod[int(step)])
-        trivial = x_t / (1.0 - alpha_bar) ** 0.5
+        trivial = model.schedule.predict_eps(x_t, t, torch.zeros_like(x0))  # x_0 guessed as 0
         rows.append({
-            "t": int(step), "alpha_bar": alpha_bar,
+            "t": int(step), "alpha_bar": float(model.schedule.alphas_cumprod[int(step)]),
             "model": F.mse_loss(expert(x_t, t, context).float(), noise.float()).item(),
             "trivial": F.mse_loss(trivial.float(), noise.float()).item(),
         })
