@@ -74,3 +74,45 @@ def existing_file(path: str | os.PathLike, what: str, flag: str) -> Path:
     if not p.is_file():
         raise UserError(f"{what} {p} does not exist; check {flag}")
     return p
+
+
+# --------------------------------------------------------------------------------------------------
+# The sampler flags shared by generate.py, evaluate.py, edit.py and demo.py
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser,
+                          defaults: str = "the config's sample section (ddim, 50 steps, eta 1 in the shipped configs)") -> None:
+    """``--sampler``, ``--steps``, ``--spacing`` and ``--eta``, all None unless given (:func:`sampler_options`
+    fills them in); ``defaults`` says in the help where unset values come from."""
+    from ldm.diffusion.samplers import sampler_names, spacing_names
+
+    parser.add_argument("--sampler", default=None, choices=sampler_names(),
+                        help=f"sampler, ddim as released; unset: {defaults}; see docs/samplers.md")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps, one network call each; unset: as for --sampler")
+    parser.add_argument("--spacing", default=None, choices=spacing_names(),
+                        help="timestep spacing; unset: the sampler's own (uniform for ddim, as released)")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="DDIM's eta, 0 (deterministic) to 1 (as released), --sampler ddim only; unset: as for --sampler")
+
+
+def sampler_options(args: argparse.Namespace, defaults=None):
+    """The :class:`~ldm.diffusion.samplers.SamplerOptions` of the flags of :func:`add_sampler_arguments`, unset
+    ones taken from ``defaults`` (a config's :class:`~ldm.config.SampleSettings`; None: the released DDIM 50,
+    eta 1). The config's spacing and eta apply only to the config's sampler. Raises UserError naming the flag."""
+    from ldm.diffusion.samplers import SamplerOptions, get_sampler
+
+    name = args.sampler or (defaults.sampler if defaults is not None else "ddim")
+    same = defaults is not None and name == defaults.sampler
+    steps = args.steps if args.steps is not None else (defaults.steps if defaults is not None else 50)
+    spacing = args.spacing if args.spacing is not None else (defaults.spacing if same else None)
+    if not 1 <= steps <= 1000:
+        raise UserError(f"--steps {steps} is out of range; use 1 to 1000 (50 as released)")
+    if args.eta is not None and not get_sampler(name).has_eta:
+        raise UserError(f"--eta applies to --sampler ddim only; {name} has no eta (drop --eta or use --sampler ddim)")
+    if args.eta is not None and not 0.0 <= args.eta <= 1.0:
+        raise UserError(f"--eta {args.eta} is out of range; use 0 (deterministic) to 1 (as released)")
+    eta = args.eta if args.eta is not None else (defaults.eta if same and get_sampler(name).has_eta else None)
+    try:
+        return SamplerOptions(name, steps, spacing, eta)
+    except ValueError as err:
+        raise UserError(str(err)) from None

@@ -5,7 +5,7 @@ A config is a YAML file with these top-level sections (nothing else is accepted)
 ``model``  (required) a *node* ``{target: ldm.<module>.<Name>, params: {...}}`` building the model
 ``data``   (optional) ``{train: node, validation: node}`` datasets
 ``train``  (optional) :class:`TrainSettings` -- batch size, learning rate, steps, logging, checkpoints
-``sample`` (optional) :class:`SampleSettings` -- DDIM steps, eta, collaborative preset
+``sample`` (optional) :class:`SampleSettings` -- sampler, steps, spacing, DDIM eta, collaborative preset
 
 A node's ``target`` must name a class or function under ``ldm.``; its ``params`` are checked against the
 target's signature and type annotations *before anything is built*: an unknown key, a missing required
@@ -79,13 +79,35 @@ class TrainSettings:
 
 @dataclass
 class SampleSettings:
-    """The ``sample:`` section: defaults for ``scripts/generate.py`` (flags override them)."""
+    """The ``sample:`` section: defaults for the sampling scripts (flags override them). ``sampler`` is one of
+    :func:`ldm.diffusion.samplers.sampler_names` (``ddim``, as released, by default); ``spacing`` ``null`` takes
+    the sampler's own; ``eta`` is DDIM's (the other samplers ignore it)."""
 
     steps: int = 50
     eta: float = 1.0
     method: str = "collaborative"
     preset: str = "paper"
     batch_size: int = 4
+    sampler: str = "ddim"
+    spacing: Optional[str] = None
+
+    def check(self, where: str = "sample") -> None:
+        """Raise ConfigError naming the first key whose value is out of range or unknown."""
+        from ldm.diffusion.collaborative import PRESETS
+        from ldm.diffusion.samplers import sampler_names, spacing_names
+
+        if self.sampler not in sampler_names():
+            raise ConfigError(f"{where}.sampler = {self.sampler!r} is unknown; choose one of {', '.join(sampler_names())}")
+        if self.spacing is not None and self.spacing not in spacing_names():
+            raise ConfigError(f"{where}.spacing = {self.spacing!r} is unknown; choose one of {', '.join(spacing_names())} or null")
+        if not 1 <= self.steps <= 1000:
+            raise ConfigError(f"{where}.steps = {self.steps} is out of range; use 1 to 1000 (50 as released)")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"{where}.eta = {self.eta} is out of range; use 0 (deterministic) to 1 (as released)")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"{where}.preset = {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+        if not 1 <= self.batch_size <= 1024:
+            raise ConfigError(f"{where}.batch_size = {self.batch_size} is out of range; use 1 to 1024")
 
 
 SECTIONS: dict[str, Any] = {"model": None, "data": None, "train": TrainSettings, "sample": SampleSettings}
@@ -182,6 +204,8 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
     for name, schema in SECTIONS.items():
         if schema is not None and name in data:
             _validate_dataclass(schema, data[name], name)
+    if "sample" in data:
+        SampleSettings(**data["sample"]).check()
 
 
 def _validate_dataclass(schema: type, values: Any, where: str) -> None:

@@ -6,6 +6,8 @@ schedule (supplementary §A.2):
     A  e_opt   = argmin_e E_{t,ε} ‖ε − ε_θm(x_t, t, e)‖²      e initialised at the target tokens e_target (Adam on e)
     B  θ_opt   = argmin_θ E_{t,ε} ‖ε − ε_θ(x_t, t, e_opt)‖²   the expert's UNet fine-tuned, e_opt frozen
     C  e(α)    = α·e_target + (1 − α)·e_opt                   sampled with the fine-tuned expert over an α sweep
+                                                              (DDIM 50, eta 1 as released, or any sampler of
+                                                              ldm.diffusion.samplers)
 
 with x_t = q_sample(x0, t, ε) and x0 the latent of the input image. The condition encoder is not used after
 it has given e_target: the UNet reads the embedding directly. ``collaborative`` runs A and B for every
@@ -46,6 +48,7 @@ from tqdm.auto import tqdm
 from ldm.checkpoints import atomic_write_bytes, load_state_dict, load_strict, save_safetensors
 from ldm.data.celeba import image_to_tensor
 from ldm.diffusion.collaborative import CollaborativeOptions
+from ldm.diffusion.samplers import SamplerOptions, get_sampler
 from ldm.diffusion.schedule import NoiseSchedule
 from ldm.errors import UserError
 from ldm.figures import GRID_TILE, condition_tiles
@@ -182,18 +185,21 @@ def sample_alpha(
     alpha: float,
     *,
     steps: int = 50,
-    eta: float = 1.0,
+    eta: Optional[float] = 1.0,
+    sampler: str = "ddim",
+    spacing: Optional[str] = None,
     seed: int = 0,
     options: CollaborativeOptions = CollaborativeOptions(),
     progress: bool = False,
 ):
     """One image for one α: every modality's tokens interpolated with the same α; one modality samples its
-    (fine-tuned) expert alone, several the collaborative model. x_T and the DDIM noise come from ``seed``,
-    the same for every α. Returns :class:`ldm.pipeline.Samples`."""
+    (fine-tuned) expert alone, several the collaborative model. x_T and the sampler's noise come from ``seed``,
+    the same for every α. ``eta`` is DDIM's (None for the other samplers). Returns :class:`ldm.pipeline.Samples`."""
     contexts = {m: interpolate(targets[m], optimized[m], alpha) for m in targets}
     method = "collaborative" if len(contexts) > 1 else next(iter(contexts))
     return sample_from_contexts(
-        model, contexts, method=method, steps=steps, eta=eta, generator=torch.Generator().manual_seed(seed),
+        model, contexts, method=method, steps=steps, eta=eta, sampler=sampler, spacing=spacing,
+        generator=torch.Generator().manual_seed(seed),
         options=options, progress=progress,
     )
 
@@ -229,7 +235,9 @@ def encode_input(model: nn.Module, image: Image.Image) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class EditOptions:
-    """The hyperparameters of an edit (released defaults at 256², FACTS.md "Editing")."""
+    """The hyperparameters of an edit (released defaults at 256², FACTS.md "Editing"). Stage C samples with
+    ``sampler`` (``ddim`` as released; ``spacing`` None: the sampler's own); ``eta`` is DDIM's and must be
+    None for the other samplers."""
 
     embed_steps: int = 500
     embed_lr: float = 1e-3
@@ -238,8 +246,10 @@ class EditOptions:
     alphas: tuple[float, ...] = UNIMODAL_ALPHAS
     seed: int = 0
     steps: int = 50
-    eta: float = 1.0
+    eta: Optional[float] = 1.0
     preset: str = "paper"
+    sampler: str = "ddim"
+    spacing: Optional[str] = None
 
     def check(self) -> None:
         """Raise a UserError naming the flag of the first out-of-range value."""
@@ -259,12 +269,26 @@ class EditOptions:
             raise UserError(f"--alphas {list(self.alphas)} repeats a value; give each alpha once")
         if not 1 <= self.steps <= 1000:
             raise UserError(f"--steps {self.steps} is out of range; use 1 to 1000 (50 as released)")
-        if not 0.0 <= self.eta <= 1.0:
+        try:
+            has_eta = get_sampler(self.sampler).has_eta
+        except ValueError as err:
+            raise UserError(f"--sampler: {err}") from None
+        if self.eta is not None and not has_eta:
+            raise UserError(f"--eta applies to --sampler ddim only; {self.sampler} has no eta (drop --eta or use --sampler ddim)")
+        if self.eta is not None and not 0.0 <= self.eta <= 1.0:
             raise UserError(f"--eta {self.eta} is out of range; use 0 (deterministic) to 1 (as released)")
+        try:
+            self.sampler_options()
+        except ValueError as err:
+            raise UserError(f"stage C sampler: {err}") from None
         try:
             CollaborativeOptions.from_preset(self.preset)
         except ValueError as err:
             raise UserError(f"--preset: {err}") from None
+
+    def sampler_options(self) -> SamplerOptions:
+        """Stage C's sampler (raises ValueError for a bad choice)."""
+        return SamplerOptions(self.sampler, self.steps, self.spacing, self.eta)
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -371,6 +395,10 @@ def run_edit(
     resolution = model.vae.resolution
     if image.size != (resolution, resolution):
         raise ValueError(f"run_edit needs the image at {resolution}x{resolution}; use fit_to_resolution first")
+    try:
+        options.sampler_options().timesteps(model.schedule)  # before stages A and B, not after them
+    except ValueError as err:
+        raise UserError(f"stage C sampler: {err}") from None
     _check_settings(out / "settings.json", {**(provenance or {}), **asdict(options), "modalities": modalities,
                                              "resolution": resolution})
     save_png(np.asarray(image), out / "input.png")
@@ -426,8 +454,8 @@ def run_edit(
                 images.append(image_to_tensor(saved.convert("RGB")))
             skipped.append(path.stem)
             continue
-        result = sample_alpha(model, e_target, e_opt, alpha, steps=options.steps, eta=options.eta, seed=options.seed,
-                              options=preset)
+        result = sample_alpha(model, e_target, e_opt, alpha, steps=options.steps, eta=options.eta, sampler=options.sampler,
+                              spacing=options.spacing, seed=options.seed, options=preset)
         save_png(to_uint8(result.images[0]), path)
         images.append(image_to_tensor(Image.fromarray(to_uint8(result.images[0]))))  # what the file holds
     images = torch.stack(images)

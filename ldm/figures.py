@@ -36,7 +36,7 @@ def save_influence_figures(
     per_row: int = 10,
     tile: int = 64,
 ) -> list[Path]:
-    """Write, for sample ``index``: each modality's influence map at every DDIM step, the decoded x_t at the
+    """Write, for sample ``index``: each modality's influence map at every sampler step, the decoded x_t at the
     same steps, the final image and the conditions (PNG grids), and the raw tensors (``influence.pt``)."""
     out_dir = Path(out_dir)
     written = []
@@ -82,9 +82,11 @@ def write_comparison(
     out_dir: str | Path,
     *,
     steps: int,
-    eta: float,
+    eta: Optional[float],
     seed: int,
     options,
+    sampler: str = "ddim",
+    spacing: Optional[str] = None,
     save_influence: bool = False,
     progress: bool = True,
     grid_name: Optional[str] = "grid.png",
@@ -92,7 +94,8 @@ def write_comparison(
 ) -> list[Path]:
     """Sample every method from the same seed, write each image, a grid (``grid_name``: conditions, then one
     row per method; none if ``None``) and, with ``save_influence``, the influence figures of the collaborative
-    sampler. ``speed``: :class:`ldm.speed.SpeedOptions` for :func:`ldm.pipeline.sample` (default none)."""
+    sampler. ``sampler``, ``spacing``, ``eta``: see :class:`ldm.diffusion.samplers.SamplerOptions` (``eta=None``:
+    1 for DDIM). ``speed``: :class:`ldm.speed.SpeedOptions` for :func:`ldm.pipeline.sample` (default none)."""
     from ldm.pipeline import sample
 
     out_dir = Path(out_dir)
@@ -100,7 +103,8 @@ def write_comparison(
     for method in methods:
         generator = torch.Generator().manual_seed(seed)
         result = sample(
-            model, conditions, method=method, steps=steps, eta=eta, generator=generator, options=options,
+            model, conditions, method=method, steps=steps, eta=eta, sampler=sampler, spacing=spacing,
+            generator=generator, options=options,
             record_trace=save_influence and method == "collaborative", progress=progress, speed=speed,
         )
         rows[method] = result.images

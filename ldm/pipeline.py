@@ -1,7 +1,8 @@
-"""Sampling from trained models: bind experts and diffusers to their conditions, run DDIM, decode.
+"""Sampling from trained models: bind experts and diffusers to their conditions, run a sampler, decode.
 
 Every method -- collaborative, composable, or one expert alone -- is an ``eps_fn(x_t, t)`` handed to the
-same :func:`ldm.diffusion.ddim.ddim_sample`; only the callable differs.
+same sampler (DDIM as released by default, or any of :mod:`ldm.diffusion.samplers`); only the callable
+differs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ldm.diffusion.collaborative import (
     make_collaborative_eps_fn,
     make_composable_eps_fn,
 )
-from ldm.diffusion.ddim import ddim_sample, ddim_timesteps
+from ldm.diffusion.samplers import SamplerOptions
 from ldm.errors import UserError
 from ldm.speed import SpeedOptions, apply_speed_options, concurrent_runner, fast_network
 
@@ -68,7 +69,7 @@ def bind_diffusers(diffusers: Mapping[str, nn.Module], contexts: Mapping[str, to
 
 @dataclass
 class Trace:
-    """What ``--save-influence`` records at every DDIM step."""
+    """What ``--save-influence`` records at every sampler step (one network call per step)."""
 
     timesteps: list[int] = field(default_factory=list)
     x_t: list[torch.Tensor] = field(default_factory=list)  # each [B, 3, h, w]
@@ -109,7 +110,9 @@ def sample(
     *,
     method: str = "collaborative",
     steps: int = 50,
-    eta: float = 1.0,
+    eta: Optional[float] = None,
+    sampler: str = "ddim",
+    spacing: Optional[str] = None,
     generator: torch.Generator,
     options: CollaborativeOptions = CollaborativeOptions(),
     lambdas: Optional[Mapping[str, float]] = None,
@@ -119,14 +122,16 @@ def sample(
 ) -> Samples:
     """Generate one image per row of ``conditions`` (raw batch values keyed by modality).
 
-    x_T is drawn from ``generator`` (a CPU generator gives the same images on every device), then DDIM
-    runs on the model's device. ``speed``: see :func:`sample_from_contexts`.
+    x_T is drawn from ``generator`` (a CPU generator gives the same images on every device), then the
+    sampler runs on the model's device. ``sampler``, ``steps``, ``spacing``, ``eta``: see
+    :class:`ldm.diffusion.samplers.SamplerOptions` (default: DDIM, 50 steps, eta 1, as released).
+    ``speed``: see :func:`sample_from_contexts`.
     """
     modalities = method_modalities(model, method, list(conditions))
     contexts = {m: model.experts[m].encode(conditions[m]) for m in modalities}
     return sample_from_contexts(
-        model, contexts, method=method, steps=steps, eta=eta, generator=generator, options=options,
-        lambdas=lambdas, record_trace=record_trace, progress=progress, speed=speed,
+        model, contexts, method=method, steps=steps, eta=eta, sampler=sampler, spacing=spacing, generator=generator,
+        options=options, lambdas=lambdas, record_trace=record_trace, progress=progress, speed=speed,
     )
 
 
@@ -165,7 +170,9 @@ def sample_from_contexts(
     *,
     method: str,
     steps: int = 50,
-    eta: float = 1.0,
+    eta: Optional[float] = None,
+    sampler: str = "ddim",
+    spacing: Optional[str] = None,
     generator: torch.Generator,
     options: CollaborativeOptions = CollaborativeOptions(),
     lambdas: Optional[Mapping[str, float]] = None,
@@ -178,8 +185,15 @@ def sample_from_contexts(
 
     ``speed`` (default: none, the networks as built, in the model's dtype) is first applied to the model in
     place (:func:`ldm.speed.apply_speed_options`); each network call then runs under its autocast and
-    returns float32, so x_T, the combination of the experts and the DDIM arithmetic stay float32.
+    returns float32, so x_T, the combination of the experts and the sampler's arithmetic stay float32.
+    With ``record_trace`` the trace holds x_t after every step and the influence weights of every network
+    call (one per step, for every sampler), so influence maps follow the sampler's timesteps.
     """
+    try:
+        choice = SamplerOptions(sampler, steps, spacing, eta)
+        choice.timesteps(model.schedule)  # e.g. too many steps for the karras spacing
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if speed is not None:
         apply_speed_options(model, speed)
     device = next(model.parameters()).device
@@ -205,9 +219,6 @@ def sample_from_contexts(
             trace.timesteps.append(int(t))
             trace.x_t.append(x.float().cpu())
 
-    z = ddim_sample(
-        eps_fn, x_T, model.schedule, ddim_timesteps(steps, model.schedule.num_timesteps),
-        eta=eta, generator=generator, callback=callback, progress=progress,
-    )
+    z = choice.run(eps_fn, x_T, model.schedule, generator=generator, callback=callback, progress=progress)
     images = model.decode_latents(z).clamp(-1, 1)
     return Samples(images=images.float().cpu(), latents=z.float().cpu(), trace=trace)

@@ -1,6 +1,8 @@
 """The demo: sample faces for FaceWorld test-split (mask, caption) pairs with the collaborative sampler
 beside the composable and uni-modal results for the same seeds, plus the influence-map figure of the
-first pair.
+first pair. Sampling uses the recommended fewer-step sampler (ldm.diffusion.samplers.RECOMMENDED; measured against
+the released DDIM 50 in docs/samplers.md) unless --sampler/--steps say otherwise (--sampler ddim --steps 50:
+as released).
 
 With the shipped FaceWorld models (checkpoints/faceworld/, made by `make train-faceworld`) it samples
 from them (under a minute on a CPU) and also writes ``overview.png``: one column per pair, rows = mask,
@@ -11,7 +13,7 @@ Everything is written under --out and the paths are printed.
 
 Examples:
   python scripts/demo.py                       # what `make demo` runs
-  python scripts/demo.py --out outputs/demo --pairs 6 --steps 50
+  python scripts/demo.py --out outputs/demo --pairs 6 --sampler ddim --steps 50     # the released sampler
   python scripts/demo.py --tiny --train-steps 40 --pairs 3
 """
 
@@ -24,13 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from ldm.cli import main_guard, make_parser, setup_logging, writable_dir  # noqa: E402
+from ldm.cli import add_sampler_arguments, main_guard, make_parser, sampler_options, setup_logging, writable_dir  # noqa: E402
 from ldm.config import load_config  # noqa: E402
 from ldm.data.celeba import PreprocessedFaces  # noqa: E402
 from ldm.data import faceworld  # noqa: E402
 from ldm.data.faceworld import make_faceworld  # noqa: E402
 from ldm.data.masks import index_mask_to_onehot  # noqa: E402
 from ldm.diffusion.collaborative import CollaborativeOptions  # noqa: E402
+from ldm.diffusion.samplers import RECOMMENDED  # noqa: E402
 from ldm.figures import condition_tiles, write_comparison  # noqa: E402
 from ldm.images import grid, save_png, to_uint8  # noqa: E402
 from ldm.pipeline import load_model  # noqa: E402
@@ -39,6 +42,7 @@ from ldm.training import LaunchOptions, train  # noqa: E402
 logger = logging.getLogger("demo")
 CHAIN = ("vae", "text", "mask", "codiff")
 METHODS = ["collaborative", "composable", "text", "mask"]
+TINY_STEPS = 20  # the tiny chain's steps unless --steps is given
 SHIPPED = ("codiff.yaml", "codiff.safetensors", "text.safetensors", "mask.safetensors", "vae.safetensors", "recipe.json")
 
 
@@ -98,7 +102,7 @@ def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
     images, written = {}, []
     for method in METHODS:
         result = sample(
-            model, conditions, method=method, steps=args.steps, eta=1.0, generator=torch.Generator().manual_seed(args.seed),
+            model, conditions, method=method, **args.sampling.to_dict(), generator=torch.Generator().manual_seed(args.seed),
             options=options, record_trace=method == "collaborative", progress=False,
         )
         images[method] = result.images
@@ -145,7 +149,8 @@ def tiny_demo(args, out: Path) -> list[Path]:
         conditions = {"seg_mask": item["seg_mask"].unsqueeze(0).repeat(2, 1, 1), "text": [item["text"]] * 2}
         written += write_comparison(
             model, conditions, METHODS, out / f"pair{i}_{item['name']}",
-            steps=20, eta=1.0, seed=args.seed, options=CollaborativeOptions.from_preset("paper"),
+            **{**args.sampling.to_dict(), "steps": args.steps or TINY_STEPS}, seed=args.seed,
+            options=CollaborativeOptions.from_preset("paper"),
             save_influence=i == 0, progress=False,
         )
     return written
@@ -159,12 +164,14 @@ def main(argv=None):
     p.add_argument("--tiny", action="store_true", help="train and sample the tiny chain even when the shipped models are present")
     p.add_argument("--pairs", type=int, default=4, help="how many test (mask, caption) pairs to sample")
     p.add_argument("--samples", type=int, default=2, help="samples per pair and method (shipped models)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (shipped models; the tiny chain uses 20)")
+    add_sampler_arguments(p, defaults=f"the recommended {RECOMMENDED.describe()} ({TINY_STEPS} steps for the tiny chain)")
     p.add_argument("--preset", default="paper", choices=["paper", "official"], help="collaborative sampler preset (shipped models)")
     p.add_argument("--train-steps", type=int, default=30, help="optimiser steps for each tiny model")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     setup_logging()
+    args.sampling = sampler_options(args, RECOMMENDED)
+    logger.info("sampler: %s", args.sampling.describe())
     out = writable_dir(args.out)
     ckpt_dir = Path(args.checkpoints)
     if not args.tiny and all((ckpt_dir / f).is_file() for f in SHIPPED):

@@ -13,7 +13,10 @@ below 95%. With the user's weight files it also measures the paper's real-data m
 Inception, --fid-weights), CLIP similarity (--clip-dir) and mask accuracy with BiSeNet (--bisenet-weights);
 on real data (no labels.json) only those are measured.
 
-Writes OUT/results.json and OUT/results.md (and docs/faceworld_results.md with --write-doc).
+Writes OUT/results.json, OUT/results.md and the per-sample scores OUT/records.json (and
+docs/faceworld_results.md with --write-doc). The sampler, its steps, spacing and eta come from the config's
+sample section unless flags say otherwise (DDIM 50, eta 1 in every shipped config); scripts/compare_samplers.py
+puts several such runs side by side (docs/samplers.md).
 
 Sharding: under torchrun / srun, or with --shard i/n in each of n processes, every process generates its
 block of batches and writes OUT/shards/rank{i}.json; the last one to finish merges them (OUT must be shared).
@@ -21,6 +24,7 @@ block of batches and writes OUT/shards/rank{i}.json; the last one to finish merg
 Examples:
   python scripts/evaluate.py --config checkpoints/faceworld/codiff.yaml --ckpt checkpoints/faceworld/codiff.safetensors
   python scripts/evaluate.py --config C --ckpt K --num 100 --steps 20 --methods collaborative,composable
+  python scripts/evaluate.py --config C --ckpt K --methods collaborative --sampler unipc --steps 15 --out outputs/samplers/unipc_15
   torchrun --nproc-per-node 4 scripts/evaluate.py --config C --ckpt K --device cuda       # 4 GPUs
   python scripts/evaluate.py --config configs/256_codiff_mask_text.yaml --ckpt checkpoints/256_codiff_mask_text.ckpt \\
       --data data/celeba --num 3000 --fid-weights pt_inception-2015-12-05-6726825d.pth \\
@@ -42,8 +46,16 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldm import distributed  # noqa: E402
-from ldm.cli import existing_file, main_guard, make_parser, setup_logging, writable_dir  # noqa: E402
-from ldm.config import load_config  # noqa: E402
+from ldm.cli import (  # noqa: E402
+    add_sampler_arguments,
+    existing_file,
+    main_guard,
+    make_parser,
+    sampler_options,
+    setup_logging,
+    writable_dir,
+)
+from ldm.config import load_config, sample_settings  # noqa: E402
 from ldm.data import celeba  # noqa: E402
 from ldm.data.faceworld import LABELS_FILE, load_labels  # noqa: E402
 from ldm.diffusion.collaborative import CollaborativeOptions  # noqa: E402
@@ -64,9 +76,8 @@ def parse(argv):
     p.add_argument("--config", required=True, help="collaborative model config")
     p.add_argument("--ckpt", required=True, help="its checkpoint (ours or released)")
     p.add_argument("--num", type=int, default=500, help="number of held-out (mask, caption) pairs")
-    p.add_argument("--seed", type=int, default=0, help="seed of x_T and the DDIM noise (the same for every method)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM eta")
+    p.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise (the same for every method)")
+    add_sampler_arguments(p)
     p.add_argument("--methods", default=METHODS, help="comma list of collaborative, composable, text, mask")
     p.add_argument("--preset", default="paper", help="collaborative preset: paper or official")
     p.add_argument("--parser", default=str(evaluators.DEFAULT_DIR / "parser.safetensors"), help="FaceWorld face parser")
@@ -98,10 +109,7 @@ def check_args(args) -> list[str]:
         raise UserError(f"--methods {args.methods!r}: unknown {unknown}; choose from {METHODS}")
     if args.num < 2:
         raise UserError(f"--num {args.num}: need at least 2 pairs (a Fréchet distance needs 2 samples)")
-    if not 1 <= args.steps <= 1000:
-        raise UserError(f"--steps {args.steps} is out of range; use 1 to 1000 (50 as released)")
-    if not 0.0 <= args.eta <= 1.0:
-        raise UserError(f"--eta {args.eta} is out of range; use 0 to 1 (1 as released)")
+    args.sampling = sampler_options(args, sample_settings(load_config(args.config, args.overrides)))
     if not 1 <= args.batch_size <= 1024:
         raise UserError(f"--batch-size {args.batch_size} is out of range; use 1 to 1024")
     return methods
@@ -227,7 +235,7 @@ def generate_shard(args, methods, dataset, labels, scorer, shard, units, device)
         conditions = {"seg_mask": batch["seg_mask"], "text": batch["text"]}
         for method in methods:
             generator = torch.Generator().manual_seed(batch_seed(args.seed, unit))
-            images = sample(model, conditions, method=method, steps=args.steps, eta=args.eta, generator=generator, options=options).images
+            images = sample(model, conditions, method=method, **args.sampling.to_dict(), generator=generator, options=options).images
             rows, feats = scorer.score(images, batch, lab)
             records += [{"unit": unit, "index": i, "name": n, "method": method, **r} for i, n, r in zip(indices, batch["name"], rows)]
             for k, v in feats.items():
@@ -271,7 +279,7 @@ def reproducing_argv(argv: list[str]) -> list[str]:
 
 
 def write_results(args, settings, summary, checks, out: Path, records=None) -> str:
-    caption = (f"N = {settings['num']} held-out pairs, seed {args.seed}, DDIM {args.steps} steps, eta {args.eta}, "
+    caption = (f"N = {settings['num']} held-out pairs, seed {args.seed}, {args.sampling.describe()}, "
                f"preset {args.preset}; `{args.ckpt}`")
     table = report.markdown_table(summary, caption)
     claim = report.claim_checks(summary, records)
@@ -279,6 +287,8 @@ def write_results(args, settings, summary, checks, out: Path, records=None) -> s
                 "composable on joint accuracy and FD):\n\n" + "\n".join(f"- {c}" for c in claim) + "\n") if claim else ""
     (out / "results.json").write_text(json.dumps({"settings": settings, "evaluator_check": checks, "claim": claim, "results": summary}, indent=2))
     (out / "results.md").write_text(table + claim_md + "\n" + "\n".join(f"- {c}" for c in checks) + "\n")
+    if records is not None:
+        (out / "records.json").write_text(json.dumps(records, indent=0))
     if args.write_doc:
         command = " ".join(["python scripts/evaluate.py", *reproducing_argv(args.argv)])
         doc = Path(args.write_doc)
@@ -307,8 +317,8 @@ def main(argv=None):
     scorer = Evaluators(args, labels is not None, device)
     n = len(dataset)
     num_units = -(-n // args.batch_size)
-    settings = {"config": args.config, "ckpt": str(args.ckpt), "data": str(root), "num": n, "seed": args.seed, "steps": args.steps,
-                "eta": args.eta, "methods": methods, "preset": args.preset, "batch_size": args.batch_size,
+    settings = {"config": args.config, "ckpt": str(args.ckpt), "data": str(root), "num": n, "seed": args.seed,
+                **args.sampling.to_dict(), "methods": methods, "preset": args.preset, "batch_size": args.batch_size,
                 "parser": args.parser if labels is not None else None, "classifier": args.classifier if labels is not None else None,
                 "fid_weights": args.fid_weights, "clip_dir": args.clip_dir, "bisenet_weights": args.bisenet_weights,
                 "overrides": list(args.overrides)}

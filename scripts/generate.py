@@ -16,6 +16,8 @@ Examples:
   python scripts/generate.py --config configs/256_text.yaml --ckpt checkpoints/256_text.ckpt --text "He is a teen."
   # many (mask, caption) pairs from a file, shared out over 4 processes (or torchrun / srun; --shard i/n by hand)
   torchrun --nproc-per-node 4 scripts/generate.py --config C --ckpt K --conditions pairs.json --device cuda --out outputs/pairs
+  # fewer steps: UniPC in 15 steps instead of DDIM's 50 (see docs/samplers.md)
+  python scripts/generate.py --config C --ckpt K --mask M.png --text T --sampler unipc --steps 15 --save-influence
   # faster on a GPU: bf16 autocast, channels_last, compiled UNets (see docs/performance.md)
   python scripts/generate.py --config C --ckpt K --mask M.png --text T --device cuda --precision bf16 --channels-last --compile
 
@@ -42,7 +44,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ldm import distributed  # noqa: E402
-from ldm.cli import existing_file, main_guard, make_parser, setup_logging, writable_dir  # noqa: E402
+from ldm.cli import (  # noqa: E402
+    add_sampler_arguments,
+    existing_file,
+    main_guard,
+    make_parser,
+    sampler_options,
+    setup_logging,
+    writable_dir,
+)
 from ldm.config import load_config, sample_settings  # noqa: E402
 from ldm.data.masks import load_mask_condition  # noqa: E402
 from ldm.diffusion.collaborative import CollaborativeOptions  # noqa: E402
@@ -63,17 +73,16 @@ def parse(argv):
     p.add_argument("--text", help="caption, e.g. 'This man has beard of medium length. He is in his thirties.'")
     p.add_argument("--method", default=None, help="collaborative, composable, text, mask, or a comma list (default from config)")
     p.add_argument("--preset", default=None, help="collaborative preset: paper (the method) or official (released sampler's adjustments)")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default from config: 50)")
-    p.add_argument("--eta", type=float, default=None, help="DDIM eta (default from config: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of x_T and of the DDIM noise")
+    add_sampler_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of x_T and of the sampler's noise")
     p.add_argument("--batch-size", type=int, default=None, help="samples per method")
     p.add_argument("--out", default="outputs/generate", help="output directory")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--save-influence", action="store_true", help="write influence maps and x_t at every step (Figures A4/A5)")
+    p.add_argument("--save-influence", action="store_true", help="write influence maps and x_t at every sampler step (Figures A4/A5)")
     p.add_argument("--conditions", default=None, help="JSON or CSV file of many (mask, text) pairs (see below)")
     p.add_argument("--shard", default=None, help="RANK/WORLD_SIZE of this process (default: torchrun / SLURM environment)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision of the networks (default fp32; x_T and the DDIM update stay fp32)")
+                   help="autocast precision of the networks (default fp32; x_T and the sampler's update stay fp32)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the convolutions")
     p.add_argument("--compile", action="store_true", help="torch.compile the UNets (skipped with a warning where unavailable)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
@@ -87,11 +96,7 @@ def speed_options(args) -> SpeedOptions | None:
     return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 
 
-def check_ranges(steps: int, eta: float, batch: int) -> None:
-    if not 1 <= steps <= 1000:
-        raise UserError(f"--steps {steps} is out of range; use 1 to 1000 (50 as released)")
-    if not 0.0 <= eta <= 1.0:
-        raise UserError(f"--eta {eta} is out of range; use 0 (deterministic) to 1 (as released)")
+def check_ranges(batch: int) -> None:
     if not 1 <= batch <= 1024:
         raise UserError(f"--batch-size {batch} is out of range; use 1 to 1024")
 
@@ -202,10 +207,9 @@ def main(argv=None):
     args = parse(argv)
     setup_logging()
     defaults = sample_settings(load_config(args.config, args.overrides))
-    steps = args.steps if args.steps is not None else defaults.steps
-    eta = args.eta if args.eta is not None else defaults.eta
+    choice = sampler_options(args, defaults)
     batch = args.batch_size if args.batch_size is not None else defaults.batch_size
-    check_ranges(steps, eta, batch)
+    check_ranges(batch)
     try:
         options = CollaborativeOptions.from_preset(args.preset or defaults.preset)
     except ValueError as err:
@@ -227,15 +231,15 @@ def main(argv=None):
     if methods == ["collaborative"] and not model.diffusers:  # a uni-modal model: sample its one expert
         methods = ["mask" if m == "seg_mask" else m for m in model.experts]
     settings = {"config": args.config, "ckpt": args.ckpt, "mask": args.mask, "text": args.text, "methods": methods,
-                "preset": args.preset or defaults.preset, "steps": steps, "eta": eta, "seed": args.seed, "batch_size": batch}
+                "preset": args.preset or defaults.preset, **choice.to_dict(), "seed": args.seed, "batch_size": batch}
     speed = speed_options(args)
     if speed is not None:
         settings["speed"] = speed.describe()
     if args.conditions or shard.is_sharded:
         return generate_sharded(args, model, methods, out, shard, settings, batch, pairs if args.conditions else None,
-                                None if args.conditions else conditions, steps=steps, eta=eta, options=options, speed=speed)
+                                None if args.conditions else conditions, **choice.to_dict(), options=options, speed=speed)
     written = write_comparison(
-        model, conditions, methods, out, steps=steps, eta=eta, seed=args.seed, options=options,
+        model, conditions, methods, out, **choice.to_dict(), seed=args.seed, options=options,
         save_influence=args.save_influence, speed=speed,
     )
     (out / "settings.json").write_text(json.dumps(settings, indent=2))

@@ -179,7 +179,7 @@ class SamplerOptions:
         return text + (f", eta {self.resolved_eta:g}" if self.resolved_eta is not None else "")
 
     def to_dict(self) -> dict[str, Any]:
-        """What ``settings.json`` records: every value resolved."""
+        """Every value resolved: what ``settings.json`` records, and the keywords :func:`ldm.pipeline.sample` takes."""
         return {"sampler": self.sampler, "steps": self.steps, "spacing": self.resolved_spacing, "eta": self.resolved_eta}
 
     def run(
@@ -196,3 +196,9 @@ class SamplerOptions:
         return run_sampler(self.sampler, eps_fn, x_T, schedule, self.steps, spacing=self.resolved_spacing,
                            eta=self.resolved_eta, generator=generator, callback=callback, progress=progress)
 
+
+
+# The released sampler (the paper configs' default) and the fewer-step setting recommended in its place: on
+# FaceWorld it matches the released sampler's quality (docs/samplers.md; scripts/demo.py and the app use it).
+RELEASED = SamplerOptions()
+RECOMMENDED = SamplerOptions("unipc", 15)

@@ -17,13 +17,13 @@ assumes are the same.
   999, 942, 874, 791, 684, 537, 333, 113, 15, 0 for 10. At most 61 steps on the paper's schedule (more would
   repeat timesteps near 0).
 
-Ties in rounding go to the even integer, as numpy's and torch's ``round`` do; ``uniform``, ``linspace`` and
-``trailing`` are computed in exact rational arithmetic.
+``linspace`` and ``trailing`` are computed in float64 exactly as numpy's ``linspace`` and ``arange`` compute
+them (diffusers uses those; tested for 1 to 1000 steps), and ties in rounding go to the even integer, as numpy's and torch's ``round`` do:
+with 26 steps 999 * 13 / 26 = 499.5 comes out as 499.49999999999994 and rounds to 499, as in diffusers.
 """
 
 from __future__ import annotations
 
-from fractions import Fraction
 from typing import Callable
 
 import torch
@@ -54,14 +54,19 @@ def linspace_timesteps(steps: int, schedule: NoiseSchedule) -> Tensor:
     """``round(i (T - 1) / steps)`` for i = 1 .. steps."""
     T = schedule.num_timesteps
     _check_steps(steps, T)
-    return _ascending([round(Fraction(i * (T - 1), steps)) for i in range(1, steps + 1)])
+    if steps >= T:
+        raise ValueError(f"linspace spacing of {steps} steps repeats timesteps (it allows at most {T - 1}); "
+                         "use fewer steps or spacing 'trailing'")
+    step = (T - 1) / steps
+    return _ascending([round(i * step) for i in range(1, steps + 1)])
 
 
 def trailing_timesteps(steps: int, schedule: NoiseSchedule) -> Tensor:
     """``round(T (steps - i) / steps) - 1`` for i = 0 .. steps - 1: T - 1 first, evenly spaced down."""
     T = schedule.num_timesteps
     _check_steps(steps, T)
-    return _ascending([round(Fraction(T * (steps - i), steps)) - 1 for i in range(steps)])
+    delta = (T - T / steps) - T  # numpy's arange steps by the difference of its first two values
+    return _ascending([round(T + i * delta) - 1 for i in range(steps)])
 
 
 def karras_sigmas(steps: int, schedule: NoiseSchedule, rho: float = KARRAS_RHO) -> Tensor:
