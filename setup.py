@@ -26,6 +26,7 @@ setup(
         "tensorboard>=2.12",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100"],
+        # diffusers: the peer implementation the samplers are tested against (tests/test_samplers.py); no torchvision
+        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "diffusers>=0.40"],
     },
 )
