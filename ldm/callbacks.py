@@ -79,3 +79,87 @@ class LogLearningRate(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             logger.info(self.message)
+
+
+
+class ExactResume(pl.Callback):
+    """Restores a checkpoint written at the end of a training batch as the state after that batch, on every
+    Lightning release.
+
+    ModelCheckpoint writes in ``on_train_batch_end``, before the loop marks the batch completed and before it
+    increments the loggers' step count (``_batches_that_stepped``). Lightning 2.5 and later recognise such a
+    checkpoint when they restore it and add the missing batch; Lightning 2.4 does not, so a run resumed at
+    step k would log step k's loss at step k - 1, count micro-batches one short (with gradient accumulation
+    its windows would start one batch early) and pick other batches for ``log_every_n_steps``. This callback
+    completes the batch in the loaded checkpoint before the loops read it; both lines of releases then take it
+    as a checkpoint written after the batch, which needs no correction.
+
+    The loggers' count is set to ``global_step``: with one optimiser under automatic optimisation, as every
+    module here has, the two are equal throughout an uninterrupted run.
+    """
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+        if fit_loop is None:
+            return
+        progress = fit_loop["epoch_loop.batch_progress"]
+        total = progress["total"]
+        if not (total["ready"] == total["started"] == total["processed"] == total["completed"] + 1):
+            return  # written elsewhere than at the end of a training batch: nothing is missing
+        for counts in (progress["total"], progress["current"]):
+            counts["completed"] = counts["processed"]
+        if pl_module.automatic_optimization and len(checkpoint.get("optimizer_states", [])) == 1:
+            fit_loop["epoch_loop.state_dict"]["_batches_that_stepped"] = checkpoint["global_step"]
+
+
+class EMA(pl.Callback):
+    """An exponential moving average of the trained weights (``train.ema_decay``; off in the released configs).
+
+    After every optimiser step ``ema = d * ema + (1 - d) * weights`` for each trained parameter, with
+    d = min(decay, (1 + n) / (10 + n)) after n updates, so that early averages are not dominated by the
+    random initialisation. Each checkpoint keeps the raw weights in ``state_dict`` (a resumed run continues
+    from them, and restores the average bit for bit) and the averaged model in ``ema_state_dict``, which
+    :func:`ldm.checkpoints.load_state_dict` reads for sampling, evaluation and export.
+    """
+
+    def __init__(self, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise UserError(f"train.ema_decay must lie in (0, 1), got {decay}; use e.g. 0.999, or null for no average")
+        self.decay = decay
+        self.updates = 0
+        self.last_step = -1
+        self.shadow: Optional[dict[str, torch.Tensor]] = None
+
+    @staticmethod
+    def trained(pl_module: pl.LightningModule) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.last_step:
+            return  # a micro-batch of gradient accumulation: no optimiser step yet
+        self.last_step = trainer.global_step
+        params = self.trained(pl_module)
+        if self.shadow is None:
+            self.shadow = {n: p.detach().clone() for n, p in params.items()}
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for n, p in params.items():
+                self.shadow[n].lerp_(p.detach(), 1.0 - decay)
+        self.updates += 1
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.shadow is None:
+            return
+        averaged = dict(checkpoint["state_dict"])
+        averaged.update({n: v.detach().clone() for n, v in self.shadow.items()})
+        checkpoint["ema_state_dict"] = averaged
+        checkpoint["ema_updates"] = self.updates
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if "ema_state_dict" not in checkpoint:
+            return
+        ema = checkpoint["ema_state_dict"]
+        device = pl_module.device
+        self.shadow = {n: ema[n].to(device) for n in self.trained(pl_module)}
+        self.updates = int(checkpoint.get("ema_updates", 0))
+        self.last_step = int(checkpoint.get("global_step", -1))

@@ -177,8 +177,12 @@ def _torch_load(path: Path) -> Any:
     return obj
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read the tensors of a checkpoint file (any of the three kinds). Raises CheckpointError."""
+def load_state_dict(path: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file (any of the three kinds). Raises CheckpointError.
+
+    A training checkpoint written with ``train.ema_decay`` holds the raw weights (``state_dict``, what a
+    resumed run continues from) and their moving average (``ema_state_dict``); the average is the model,
+    and is what this returns unless ``ema`` is false."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path (see checkpoints/README.md)")
@@ -195,7 +199,10 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {_first_line(err)}); "
             "re-download or re-convert it, or resume from an earlier checkpoint"
         ) from None
-    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    if ema and isinstance(obj, Mapping) and isinstance(obj.get("ema_state_dict"), Mapping):
+        logger.info("%s: using its exponential moving average of the weights (ema_state_dict)", path)
+        obj = obj["ema_state_dict"]
+    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict of tensors; is it a model checkpoint?")

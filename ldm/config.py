@@ -75,6 +75,7 @@ class TrainSettings:
     val_check_interval: Optional[int] = None
     logger: str = "tensorboard"
     run_dir: str = "runs"
+    ema_decay: Optional[float] = None  # an exponential moving average of the weights (ldm.callbacks.EMA); null: none, as released
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ldm.callbacks import AtomicCheckpointIO, LogLearningRate, SaveConfig, StopOnNonFiniteLoss
+from ldm.callbacks import EMA, AtomicCheckpointIO, ExactResume, LogLearningRate, SaveConfig, StopOnNonFiniteLoss
 from ldm.checkpoints import load_state_dict
 from ldm.config import instantiate, train_settings
 from ldm.errors import ConfigError, UserError
@@ -188,6 +188,7 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
         StopOnNonFiniteLoss(checkpoint_dir),
         SaveConfig(cfg, checkpoint_dir),
         LogLearningRate(lr_message),
+        ExactResume(),
         ModelCheckpoint(
             dirpath=str(checkpoint_dir),
             filename="step{step:08d}",
@@ -200,6 +201,8 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
             enable_version_counter=False,
         ),
     ]
+    if settings.ema_decay is not None:
+        callbacks.insert(0, EMA(settings.ema_decay))  # before ModelCheckpoint, so each checkpoint holds the average
     trainer = pl.Trainer(
         accelerator=launch.accelerator,
         devices=launch.devices if launch.devices == "auto" else _parse_devices(launch.devices),

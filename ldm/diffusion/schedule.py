@@ -155,3 +155,19 @@ class NoiseSchedule:
             raise ValueError(f"timesteps must be a scalar or have shape [{like.shape[0]}], got {tuple(t.shape)}")
         coef = table[t].to(device=like.device, dtype=like.dtype)
         return coef.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def min_snr_weight(snr: Tensor, gamma: float, prediction: str = "eps") -> Tensor:
+    """Min-SNR-γ loss weights (Hang et al., 2023) for a network trained on ``prediction`` ("eps" or "v").
+
+    In ε-MSE terms the weight is min(SNR, γ) / SNR; a v-loss already carries a factor (SNR + 1) / SNR of it,
+    so its weight is min(SNR, γ) / (SNR + 1). Both cap how much the nearly-clean steps (large SNR) dominate.
+    """
+    if gamma <= 0:
+        raise ValueError(f"min-SNR gamma must be positive, got {gamma}")
+    capped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return capped / snr
+    if prediction == "v":
+        return capped / (snr + 1.0)
+    raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")

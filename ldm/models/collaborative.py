@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ldm.diffusion.collaborative import collaborative_loss
 from ldm.errors import ConfigError
-from ldm.models.common import BatchShard, LatentDiffusionBase, freeze
+from ldm.models.common import BatchShard, LatentDiffusionBase, check_expert_schedule, freeze
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.dynamic_diffuser import DynamicDiffuser
 from ldm.modules.expert import Expert
@@ -47,6 +47,8 @@ class CollaborativeDiffusion(LatentDiffusionBase):
             raise ConfigError(
                 f"experts {sorted(experts)} and diffusers {sorted(diffusers)} must name the same modalities"
             )
+        for m, e in experts.items():
+            check_expert_schedule(e, self.schedule, f"CollaborativeDiffusion expert {m!r}")
         self.experts = nn.ModuleDict({m: freeze(e) for m, e in experts.items()})
         self.diffusers = nn.ModuleDict(dict(diffusers))
 
@@ -60,7 +62,7 @@ class CollaborativeDiffusion(LatentDiffusionBase):
     # ---- training -------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> torch.Tensor:
         """‖Σ_m w_m ε_m − ε‖² with w = softmax_m(D_φm(x_t, t, c_m)) per pixel; experts frozen."""
-        x_t, t, noise = self.noisy_latents(batch["image"], generator, shard)
+        x_t, t, noise, _ = self.noisy_latents(batch["image"], generator, shard)
         eps, logits = {}, {}
         for m in self.modalities:
             with torch.no_grad():

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ldm.diffusion.schedule import NoiseSchedule
+from ldm.errors import ConfigError
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: spreads (seed, step, rank) over the seed space
 
@@ -42,6 +43,26 @@ class BatchShard(NamedTuple):
         """N(0, I) shaped like ``like`` (this rank's rows of one draw for the global batch)."""
         shape = (like.shape[0] * self.world_size, *like.shape[1:])
         return self.rows(torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype))
+
+
+class NoisyLatents(NamedTuple):
+    """One training draw: x_t = q_sample(x0, t, noise)."""
+
+    x_t: torch.Tensor  # [B, C, H, W]
+    t: torch.Tensor  # [B] long
+    noise: torch.Tensor  # ε, like x_t
+    x0: torch.Tensor  # the scaled clean latent, like x_t
+
+
+def check_expert_schedule(expert: nn.Module, schedule: NoiseSchedule, where: str) -> None:
+    """A v-predicting expert converts with its own ᾱ_t: it must be the schedule the model trains and samples with."""
+    theirs = expert.schedule
+    if (theirs.num_timesteps, theirs.linear_start, theirs.linear_end) != (schedule.num_timesteps, schedule.linear_start, schedule.linear_end):
+        raise ConfigError(
+            f"{where}: the expert's schedule (num_timesteps {theirs.num_timesteps}, linear_start {theirs.linear_start}, "
+            f"linear_end {theirs.linear_end}) differs from the model's ({schedule.num_timesteps}, {schedule.linear_start}, "
+            f"{schedule.linear_end}); give the expert's schedule node the model's values"
+        )
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -85,8 +106,8 @@ class LatentDiffusionBase(pl.LightningModule):
 
     def noisy_latents(
         self, images: torch.Tensor, generator: torch.Generator, shard: BatchShard = BatchShard()
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x0 = E(image)·scale; t ~ U{0..T-1}; ε ~ N(0, I); x_t = q_sample(x0, t, ε). Returns (x_t, t, ε).
+    ) -> NoisyLatents:
+        """x0 = E(image)·scale; t ~ U{0..T-1}; ε ~ N(0, I); x_t = q_sample(x0, t, ε).
 
         The posterior sample, t and ε are drawn for the global batch and ``shard`` keeps this rank's rows."""
         with torch.no_grad():
@@ -94,7 +115,7 @@ class LatentDiffusionBase(pl.LightningModule):
             x0 = (posterior.mean + posterior.std * shard.randn(posterior.mean, generator)) * self.scale_factor
         t = shard.rows(self.schedule.sample_timesteps(x0.shape[0] * shard.world_size, generator, x0.device))
         noise = shard.randn(x0, generator)
-        return self.schedule.q_sample(x0, t, noise), t, noise
+        return NoisyLatents(self.schedule.q_sample(x0, t, noise), t, noise, x0)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # one generator for all ranks; each keeps its rows of the global batch's draws (see BatchShard)

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ldm.models.common import BatchShard, LatentDiffusionBase, freeze
+from ldm.diffusion.schedule import min_snr_weight
+from ldm.errors import ConfigError
+from ldm.models.common import BatchShard, LatentDiffusionBase, check_expert_schedule, freeze
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.expert import Expert
 
@@ -17,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 class LatentDiffusion(LatentDiffusionBase):
-    """ε-prediction in the latent space of a frozen VAE, conditioned on one modality.
+    """Diffusion in the latent space of a frozen VAE, conditioned on one modality.
 
     Args:
         expert: the UNet and its condition encoder (both trained, as released).
@@ -26,6 +27,9 @@ class LatentDiffusion(LatentDiffusionBase):
         scale_factor: latents are multiplied by it before diffusion (0.058 at 256², 0.141 at 512²).
         learning_rate: the effective learning rate (the training script scales the base rate).
         seed: seeds the per-step generator that draws t, ε and the posterior sample.
+        min_snr_gamma: ``null`` (released): the plain mean squared error of the expert's own target (ε, or v
+            for a v-predicting expert); a number γ weights each sample by min-SNR-γ
+            (:func:`ldm.diffusion.schedule.min_snr_weight`).
     """
 
     checkpoint_kind = "ldm"  # what ldm.checkpoints.detect_kind calls this model's files
@@ -43,10 +47,15 @@ class LatentDiffusion(LatentDiffusionBase):
         weight_decay: float = 0.01,
         train_cond_encoder: bool = True,
         seed: int = 23,
+        min_snr_gamma: float | None = None,
     ):
         super().__init__(vae, scale_factor, num_timesteps, linear_start, linear_end, learning_rate, weight_decay, seed)
+        if min_snr_gamma is not None and min_snr_gamma <= 0:
+            raise ConfigError(f"LatentDiffusion: min_snr_gamma must be positive or null, got {min_snr_gamma}")
+        check_expert_schedule(expert, self.schedule, "LatentDiffusion")
         self.expert = expert
         self.cond_key = cond_key
+        self.min_snr_gamma = min_snr_gamma
         self.train_cond_encoder = train_cond_encoder
         if not train_cond_encoder:
             freeze(self.expert.cond_encoder)
@@ -65,10 +74,15 @@ class LatentDiffusion(LatentDiffusionBase):
 
     # ---- training -------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> torch.Tensor:
-        """‖ε − ε_θ(x_t, t, c)‖² for the batch's images and conditions."""
-        x_t, t, noise = self.noisy_latents(batch["image"], generator, shard)
+        """‖target − f_θ(x_t, t, c)‖² for the batch's images and conditions (target ε, or v for a v-expert),
+        optionally min-SNR weighted per sample."""
+        x_t, t, noise, x0 = self.noisy_latents(batch["image"], generator, shard)
         context = self.expert.encode(batch[self.cond_key])  # [B, N, 640]
-        return F.mse_loss(self.expert(x_t, t, context).float(), noise.float())
+        error = (self.expert.predict(x_t, t, context).float() - self.expert.target(x0, noise, t).float()) ** 2
+        if self.min_snr_gamma is None:
+            return error.mean()
+        weight = min_snr_weight(self.schedule.snr(t), self.min_snr_gamma, self.expert.prediction)  # [B]
+        return (weight * error.mean(dim=(1, 2, 3))).mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.expert.parameters() if p.requires_grad]

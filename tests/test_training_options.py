@@ -1,0 +1,129 @@
+"""Training options off in the released configs: v-prediction experts, min-SNR-γ loss weighting, and an
+exponential moving average of the weights (EMA) that survives resume bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ldm.checkpoints import load_state_dict
+from ldm.diffusion.schedule import NoiseSchedule, min_snr_weight
+from ldm.errors import ConfigError
+from ldm.modules.expert import Expert
+
+from conftest import script
+from test_training import assert_same_weights, logged_losses, tiny, train_args  # noqa: F401 (fixture)
+
+SCHEDULE = NoiseSchedule()
+
+
+class Oracle(nn.Module):
+    """A 'UNet' that returns a fixed tensor, standing in for a perfect network."""
+
+    def __init__(self, out: torch.Tensor):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x_t, t, context):
+        return self.out
+
+
+class NoEncoder(nn.Module):
+    def encode(self, raw):
+        return raw
+
+
+def draw(batch=4):
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(batch, 3, 8, 8, generator=g), torch.randn(batch, 3, 8, 8, generator=g)
+    t = torch.tensor([0, 10, 500, 999])[:batch]
+    return x0, noise, t, SCHEDULE.q_sample(x0, t, noise)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_expert_returns_eps_whatever_it_predicts(prediction):
+    """A network that predicts its target exactly gives the true ε through ``forward``."""
+    x0, noise, t, x_t = draw()
+    probe = Expert(Oracle(torch.zeros_like(x0)), NoEncoder(), prediction=prediction)
+    expert = Expert(Oracle(probe.target(x0, noise, t)), NoEncoder(), prediction=prediction)
+    assert torch.allclose(expert(x_t, t, None), noise, atol=1e-4)
+    assert torch.allclose(expert.predict(x_t, t, None), expert.target(x0, noise, t))
+
+
+def test_v_expert_is_near_the_trivial_predictor_at_high_noise():
+    """At t = 999 even a v-network that outputs zeros has ε-error ᾱ-small: no residual noise from large t."""
+    x0, noise, _, _ = draw()
+    t = torch.full((4,), 999)
+    x_t = SCHEDULE.q_sample(x0, t, noise)
+    lazy_v = Expert(Oracle(torch.zeros_like(x0)), NoEncoder(), prediction="v")
+    lazy_eps = Expert(Oracle(torch.zeros_like(x0)), NoEncoder(), prediction="eps")
+    assert ((lazy_v(x_t, t, None) - noise) ** 2).mean() < 1e-3
+    assert ((lazy_eps(x_t, t, None) - noise) ** 2).mean() > 0.5
+
+
+def test_unknown_prediction_is_refused():
+    with pytest.raises(ConfigError, match="prediction 'x0'"):
+        Expert(Oracle(torch.zeros(1)), NoEncoder(), prediction="x0")
+
+
+def test_min_snr_weights():
+    t = torch.tensor([0, 300, 999])
+    snr = SCHEDULE.snr(t)
+    eps_w, v_w = min_snr_weight(snr, 5.0, "eps"), min_snr_weight(snr, 5.0, "v")
+    assert snr[0] > 5 and snr[2] < 5
+    assert torch.allclose(eps_w, torch.minimum(snr, torch.tensor(5.0)) / snr)
+    assert eps_w[2] == 1.0 and eps_w[0] < 1.0  # only the nearly clean steps are down-weighted
+    assert torch.allclose(v_w, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    with pytest.raises(ValueError, match="gamma"):
+        min_snr_weight(snr, 0.0)
+
+
+def test_schedule_mismatch_between_expert_and_model_is_refused():
+    from ldm.models.latent_diffusion import LatentDiffusion
+
+    expert = Expert(Oracle(torch.zeros(1)), NoEncoder(), prediction="v", schedule=NoiseSchedule(1000, 0.001, 0.02))
+    with pytest.raises(ConfigError, match="expert's schedule"):
+        LatentDiffusion(expert, nn.Identity(), cond_key="text", scale_factor=1.0)
+
+
+V_MIN_SNR = ["model.params.expert.params.prediction=v", "model.params.min_snr_gamma=5.0"]
+
+
+def test_v_prediction_with_min_snr_trains_and_samples(tiny, tmp_path):
+    run = tmp_path / "v"
+    assert script("train_ldm").main(train_args(tiny, run, 3, 3, *V_MIN_SNR)) == 0
+    losses = logged_losses(run)
+    assert sorted(losses) == [0, 1, 2] and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    from ldm.pipeline import load_model
+
+    model = load_model(run / "checkpoints" / "config.yaml", run / "checkpoints" / "last.ckpt")
+    assert model.expert.prediction == "v" and model.min_snr_gamma == 5.0
+
+
+def test_ema_checkpoint_holds_the_average_and_resumes_bit_for_bit(tiny, tmp_path):
+    """train.ema_decay: each checkpoint has raw weights and their average; loading takes the average;
+    a run resumed at step 2 of 5 ends with the uninterrupted run's raw weights and average."""
+    ema = ["train.ema_decay=0.9"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert script("train_ldm").main(train_args(tiny, full, 5, 1, *ema)) == 0
+    state = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
+    raw, avg = state["state_dict"], state["ema_state_dict"]
+    assert raw.keys() == avg.keys() and state["ema_updates"] == 5
+    trained = [k for k in raw if k.startswith("expert.")]
+    assert any(not torch.equal(raw[k], avg[k]) for k in trained)
+    assert all(torch.equal(raw[k], avg[k]) for k in raw if k.startswith("vae."))  # frozen: not averaged
+    loaded = load_state_dict(full / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(loaded[k], avg[k]) for k in avg)
+    assert all(torch.equal(v, raw[k]) for k, v in load_state_dict(full / "checkpoints" / "last.ckpt", ema=False).items())
+
+    assert script("train_ldm").main(train_args(tiny, resumed, 5, 1, *ema, "--resume", str(full / "checkpoints" / "step00000002.ckpt"))) == 0
+    assert_same_weights(resumed / "checkpoints" / "last.ckpt", full / "checkpoints" / "last.ckpt")  # the averages
+    again = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all(torch.equal(again["state_dict"][k], raw[k]) for k in raw)
+    assert again["ema_updates"] == 5
+
+
+def test_bad_ema_decay_is_refused(tiny, tmp_path, capsys):
+    assert script("train_ldm").main(train_args(tiny, tmp_path / "bad", 2, 1, "train.ema_decay=1.5")) == 2
+    assert "ema_decay" in capsys.readouterr().err
