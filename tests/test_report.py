@@ -1,6 +1,7 @@
 """The evaluation table and the automatic check of the paper's claim."""
 
 import pytest
+import torch
 
 from ldm.evaluation.report import claim_checks, markdown_table, paired_difference
 
@@ -55,3 +56,23 @@ def test_a_win_inside_the_noise_is_marked_not_significant():
     clear = records_for({"collaborative": [1.0] * 8, "composable": [0.0, 0.1] * 4})
     (line,) = claim_checks({"collaborative": {"joint_accuracy": 1.0}, "composable": {"joint_accuracy": 0.05}}, clear)
     assert line.startswith("PASS: ")
+
+
+def test_high_frequency_energy_sees_residual_noise():
+    from ldm.evaluation.metrics import high_frequency_energy
+
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.full((2, 3, 32, 32), 0.3)
+    noisy = smooth + 0.2 * torch.randn(smooth.shape, generator=g)
+    e_smooth, e_noisy = high_frequency_energy(smooth), high_frequency_energy(noisy)
+    assert e_smooth.shape == (2,) and float(e_smooth.max()) < 1e-6
+    assert float(e_noisy.min()) > 0.02  # about (8/9) * 0.2**2 for white noise
+
+
+def test_noise_checks_compare_each_method_with_the_real_images():
+    from ldm.evaluation.report import REAL, noise_checks
+
+    lines = noise_checks({"collaborative": {"hf_energy": 0.012}, "text": {"hf_energy": 0.05}, REAL: {"hf_energy": 0.01}})
+    assert lines[0].startswith("PASS: collaborative") and "1.20x" in lines[0]
+    assert lines[1].startswith("FAIL: text") and "5.00x" in lines[1]
+    assert noise_checks({"collaborative": {"hf_energy": 0.01}}) == []

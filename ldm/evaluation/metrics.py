@@ -13,6 +13,11 @@ caption's label, else 0. **Text accuracy** of a sample is the mean over the attr
 mask *and* the caption at once. The reported number is its mean over samples (not the product of the two
 means, which would credit a method that follows the mask on some samples and the caption on others).
 
+**High-frequency energy** (residual noise) of an image: the mean over pixels and channels of the squared
+difference between the image and its 3x3 box blur (replicate padding), in [-1, 1] units. Samples that keep
+residual diffusion noise score far above real images; the table reports it per method beside the real
+images' value.
+
 **Fréchet distance** between Gaussian fits of two feature sets,
 ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2)``, in float64. The last trace equals
 ``tr((S1 S2)^1/2)`` (the two matrices are similar), but the symmetric form has real, non-negative
@@ -122,3 +127,14 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def frechet_distance_features(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
     """Fréchet distance between Gaussian fits of two feature sets [N, D] and [M, D]."""
     return frechet_distance(*gaussian_fit(a), *gaussian_fit(b))
+
+
+# --------------------------------------------------------------------------------------------------
+# Residual noise
+
+
+def high_frequency_energy(images: torch.Tensor) -> torch.Tensor:
+    """Per-image mean squared residual of a 3x3 box blur: ``[B]`` for images ``[B, C, H, W]`` in [-1, 1]."""
+    images = images.float()
+    blurred = F.avg_pool2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return (images - blurred).pow(2).mean(dim=(1, 2, 3))

@@ -16,8 +16,11 @@ COLUMNS = (
     ("fid", "FID", "float"),
     ("clip_similarity", "CLIP similarity", "float4"),
     ("bisenet_mask_accuracy", "mask acc (BiSeNet)", "percent"),
+    ("hf_energy", "HF energy (residual noise)", "float4"),
 )
-PER_SAMPLE = ("mask_accuracy", "age", "beard", "text_accuracy", "joint_accuracy", "clip_similarity", "bisenet_mask_accuracy")
+PER_SAMPLE = ("mask_accuracy", "age", "beard", "text_accuracy", "joint_accuracy", "clip_similarity", "bisenet_mask_accuracy", "hf_energy")
+NOISE_TOLERANCE = 1.3  # a method's high-frequency energy should be within this factor of the real images'
+REAL = "real test images"
 
 
 def average_records(records: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -109,4 +112,20 @@ def claim_checks(
     if "frechet_distance" in collab and "frechet_distance" in composable:
         a, b = collab["frechet_distance"], composable["frechet_distance"]
         parts.append(f"{'PASS' if a < b else 'FAIL'}: collaborative FD {a:.3f} vs composable {b:.3f} (lower is better)")
+    return parts
+
+
+def noise_checks(summary: Mapping[str, Mapping[str, float]], tolerance: float = NOISE_TOLERANCE) -> list[str]:
+    """Residual noise: each method's high-frequency energy as a multiple of the real test images' (within
+    ``tolerance`` in either direction: far above is leftover noise, far below is blur)."""
+    real = summary.get(REAL, {}).get("hf_energy")
+    if not real:
+        return []
+    parts = []
+    for method, row in summary.items():
+        if method == REAL or "hf_energy" not in row:
+            continue
+        ratio = row["hf_energy"] / real
+        verdict = "PASS" if 1.0 / tolerance <= ratio <= tolerance else "FAIL"
+        parts.append(f"{verdict}: {method} high-frequency energy {ratio:.2f}x the real images' (needs {1 / tolerance:.2f}-{tolerance:.2f}x)")
     return parts
