@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -163,3 +164,58 @@ class EMA(pl.Callback):
         self.shadow = {n: ema[n].to(device) for n in self.trained(pl_module)}
         self.updates = int(checkpoint.get("ema_updates", 0))
         self.last_step = int(checkpoint.get("global_step", -1))
+
+
+class SaveFinalState(pl.Callback):
+    """Writes ``last.ckpt`` at the end of a finished run unless a checkpoint of the final step exists.
+
+    Lightning 2.4 rewrites ``last.ckpt`` at the end of the epoch (here the whole run is one epoch), 2.5 and
+    later only when a periodic checkpoint is written at that step; without this, a run whose length is not a
+    multiple of ``train.checkpoint_every_n_steps`` would end with a ``last.ckpt`` some steps short on newer
+    releases. The file is written through the trainer, so it resumes like any other.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._saved_step: Optional[int] = None
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._saved_step != trainer.global_step:
+            trainer.save_checkpoint(self.path)
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class LearningRateSchedule(pl.Callback):
+    """Sets every optimiser's learning rate before each step as a pure function of ``global_step``:
+    ``peak x warm-up x shape``, where warm-up rises linearly over ``warmup_steps`` and the shape is 1
+    (``constant``) or a cosine from 1 down to ``min_ratio`` at ``max_steps`` (``cosine``). The peak is each
+    parameter group's configured learning rate, kept in the group as ``peak_lr`` (saved with the optimiser), so
+    a resumed run continues the schedule exactly."""
+
+    def __init__(self, kind: str, max_steps: int, warmup_steps: int = 0, min_ratio: float = 0.1):
+        if kind not in LR_SCHEDULES:
+            raise UserError(f"train.lr_schedule {kind!r} is not one of {list(LR_SCHEDULES)}")
+        if warmup_steps < 0 or not 0.0 <= min_ratio <= 1.0:
+            raise UserError(f"need train.warmup_steps >= 0 and 0 <= train.lr_min_ratio <= 1, got {warmup_steps} and {min_ratio}")
+        if kind == "cosine" and max_steps <= warmup_steps:
+            raise UserError(f"the cosine schedule needs train.max_steps ({max_steps}) above train.warmup_steps ({warmup_steps})")
+        self.kind, self.max_steps, self.warmup_steps, self.min_ratio = kind, max_steps, warmup_steps, min_ratio
+
+    def factor(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        if self.kind == "constant":
+            return warm
+        progress = min(max(step - self.warmup_steps, 0) / (self.max_steps - self.warmup_steps), 1.0)
+        return warm * (self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        factor = self.factor(trainer.global_step)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.setdefault("peak_lr", group["lr"])
+                group["lr"] = group["peak_lr"] * factor

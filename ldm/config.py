@@ -76,6 +76,9 @@ class TrainSettings:
     logger: str = "tensorboard"
     run_dir: str = "runs"
     ema_decay: Optional[float] = None  # an exponential moving average of the weights (ldm.callbacks.EMA); null: none, as released
+    lr_schedule: str = "constant"  # constant (released) or cosine: decay to lr_min_ratio x lr by max_steps (ldm.callbacks.LearningRateSchedule)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many steps (0: none, as released)
+    lr_min_ratio: float = 0.1  # the cosine schedule's final learning rate as a fraction of the peak
 
 
 @dataclass

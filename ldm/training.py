@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ldm.callbacks import EMA, AtomicCheckpointIO, ExactResume, LogLearningRate, SaveConfig, StopOnNonFiniteLoss
+from ldm.callbacks import EMA, AtomicCheckpointIO, LearningRateSchedule, ExactResume, LogLearningRate, SaveConfig, SaveFinalState, StopOnNonFiniteLoss
 from ldm.checkpoints import load_state_dict
 from ldm.config import instantiate, train_settings
 from ldm.errors import ConfigError, UserError
@@ -189,6 +189,7 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
         SaveConfig(cfg, checkpoint_dir),
         LogLearningRate(lr_message),
         ExactResume(),
+        SaveFinalState(checkpoint_dir / "last.ckpt"),
         ModelCheckpoint(
             dirpath=str(checkpoint_dir),
             filename="step{step:08d}",
@@ -201,6 +202,8 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
             enable_version_counter=False,
         ),
     ]
+    if settings.lr_schedule != "constant" or settings.warmup_steps:
+        callbacks.insert(0, LearningRateSchedule(settings.lr_schedule, settings.max_steps, settings.warmup_steps, settings.lr_min_ratio))
     if settings.ema_decay is not None:
         callbacks.insert(0, EMA(settings.ema_decay))  # before ModelCheckpoint, so each checkpoint holds the average
     trainer = pl.Trainer(

@@ -103,8 +103,9 @@ def test_v_prediction_with_min_snr_trains_and_samples(tiny, tmp_path):
 
 def test_ema_checkpoint_holds_the_average_and_resumes_bit_for_bit(tiny, tmp_path):
     """train.ema_decay: each checkpoint has raw weights and their average; loading takes the average;
-    a run resumed at step 2 of 5 ends with the uninterrupted run's raw weights and average."""
-    ema = ["train.ema_decay=0.9"]
+    a run resumed at step 2 of 5 ends with the uninterrupted run's raw weights and average (with a warm-up
+    and cosine learning-rate schedule, which must resume exactly as well)."""
+    ema = ["train.ema_decay=0.9", "train.lr_schedule=cosine", "train.warmup_steps=2"]  # the schedule resumes too
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     assert script("train_ldm").main(train_args(tiny, full, 5, 1, *ema)) == 0
     state = torch.load(full / "checkpoints" / "last.ckpt", weights_only=False)
@@ -122,8 +123,36 @@ def test_ema_checkpoint_holds_the_average_and_resumes_bit_for_bit(tiny, tmp_path
     again = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
     assert all(torch.equal(again["state_dict"][k], raw[k]) for k in raw)
     assert again["ema_updates"] == 5
+    group = state["optimizer_states"][0]["param_groups"][0]
+    assert group["peak_lr"] == pytest.approx(1e-4) and group["lr"] < group["peak_lr"]  # cosine: below the peak at the end
 
 
 def test_bad_ema_decay_is_refused(tiny, tmp_path, capsys):
     assert script("train_ldm").main(train_args(tiny, tmp_path / "bad", 2, 1, "train.ema_decay=1.5")) == 2
     assert "ema_decay" in capsys.readouterr().err
+
+
+def test_learning_rate_schedule_shapes():
+    from ldm.callbacks import LearningRateSchedule
+
+    cosine = LearningRateSchedule("cosine", max_steps=102, warmup_steps=2, min_ratio=0.1)
+    assert cosine.factor(0) == pytest.approx(0.5) and cosine.factor(1) == pytest.approx(1.0)
+    assert cosine.factor(52) == pytest.approx(0.55) and cosine.factor(102) == pytest.approx(0.1)
+    assert LearningRateSchedule("constant", 10, warmup_steps=4).factor(1) == pytest.approx(0.5)
+    from ldm.errors import UserError
+
+    with pytest.raises(UserError, match="linear"):
+        LearningRateSchedule("linear", 10)
+    with pytest.raises(UserError, match="max_steps"):
+        LearningRateSchedule("cosine", 5, warmup_steps=5)
+
+
+def test_vae_trains_on_random_windows(tiny, tmp_path, capsys):
+    """model.params.train_crop: the VAE trains on crops (whole images at use); a crop over the image size is refused."""
+    common = ["--config", "configs/tiny/vae.yaml", "--accelerator", "cpu", "--devices", "1", "--max-steps", "2",
+              f"data.train.params.root={tiny['data']}", "train.log_every_n_steps=1"]
+    assert script("train_vae").main([*common, "--run-dir", str(tmp_path / "crop"), "model.params.train_crop=16"]) == 0
+    assert (tmp_path / "crop" / "checkpoints" / "last.ckpt").is_file()
+    capsys.readouterr()
+    assert script("train_vae").main([*common, "--run-dir", str(tmp_path / "big"), "model.params.train_crop=64"]) == 2
+    assert "train_crop 64" in capsys.readouterr().err

@@ -16,12 +16,13 @@ DDP work as for the other models.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from ldm.errors import ConfigError
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.vae_loss import VAELoss
 
@@ -36,9 +37,15 @@ class AutoencoderModule(pl.LightningModule):
         learning_rate: float = 4.5e-6,
         betas: list[float] = [0.5, 0.9],  # noqa: B006 (never mutated)
         learn_logvar: bool = False,
+        train_crop: Optional[int] = None,
     ):
         """``learn_logvar``: the released optimiser leaves ``loss.logvar`` out (it stays at its initial
-        0 and exists for the checkpoint layout); ``true`` trains it with the autoencoder."""
+        0 and exists for the checkpoint layout); ``true`` trains it with the autoencoder.
+
+        ``train_crop``: ``null`` (released) trains on whole images; a size S trains each batch on one random
+        S x S window (the same for the whole batch, drawn from the step's generator). The autoencoder is
+        convolutional, so it learns the same map from fewer pixels per image: more images per second on a
+        CPU, and every window holds part of the (centred) face. Validation and use stay on whole images."""
         super().__init__()
         self.vae = vae
         self.loss = loss
@@ -46,18 +53,40 @@ class AutoencoderModule(pl.LightningModule):
         self.betas = (float(betas[0]), float(betas[1]))
         self.learn_logvar = learn_logvar
         self.loss.logvar.requires_grad_(learn_logvar)
+        if train_crop is not None and train_crop < 8:
+            raise ConfigError(f"AutoencoderModule: train_crop must be at least 8 pixels (or null), got {train_crop}")
+        self.train_crop = train_crop
+        self._window_step, self._window_batch = -1, 0  # see next_micro_batch
 
-    def posterior_generator(self, device: torch.device) -> torch.Generator:
-        """Seeded from (run seed, rank, batch count): training is deterministic given the seed."""
-        batch_count = self.trainer.fit_loop.total_batch_idx  # every micro-batch, restored on resume
-        key = f"{torch.initial_seed()}:{self.global_rank}:{batch_count}".encode()
+    def next_micro_batch(self) -> int:
+        """The run-wide index of the training micro-batch about to be drawn (call once per training step):
+        ``global_step x accumulation + its place in the accumulation window``, the value of Lightning's
+        ``fit_loop.total_batch_idx`` in an uninterrupted run.
+
+        It is derived from ``global_step`` because a checkpoint restores that exactly, whereas the loop's batch
+        counters come back one batch apart across Lightning releases when the checkpoint was written at the end
+        of a training batch; a resumed run would then draw another batch's posterior samples. Checkpoints are
+        written between accumulation windows, so a resumed run starts a window."""
+        step = self.global_step
+        if step != self._window_step:
+            self._window_step, self._window_batch = step, 0
+        index = step * self.trainer.accumulate_grad_batches + self._window_batch
+        self._window_batch += 1
+        return index
+
+    def posterior_generator(self, device: torch.device, micro_batch: int) -> torch.Generator:
+        """Seeded from (run seed, rank, micro-batch index): training is deterministic given the seed."""
+        key = f"{torch.initial_seed()}:{self.global_rank}:{micro_batch}".encode()
         seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
         return torch.Generator(device=device).manual_seed(seed)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x = batch["image"]  # [B, 3, H, W] in [-1, 1]
         step = self.global_step
-        recon, posterior = self.vae(x, sample_posterior=True, generator=self.posterior_generator(x.device))
+        generator = self.posterior_generator(x.device, self.next_micro_batch())
+        if self.train_crop is not None:
+            x = random_window(x, self.train_crop, generator)  # [B, 3, S, S]
+        recon, posterior = self.vae(x, sample_posterior=True, generator=generator)
         loss, log = self.loss.generator_loss(x, recon, posterior, step, last_layer=self.vae.last_layer)
         if self.loss.discriminator is not None:
             d_loss, d_log = self.loss.discriminator_loss(x, recon, step)  # recon is detached inside
@@ -83,3 +112,13 @@ class AutoencoderModule(pl.LightningModule):
         if self.loss.discriminator is not None:
             groups.append({"params": list(self.loss.discriminator.parameters()), "name": "discriminator"})
         return torch.optim.Adam(groups, lr=self.learning_rate, betas=self.betas)
+
+
+def random_window(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """One ``size`` x ``size`` window of ``images`` [B, C, H, W] at an offset drawn from ``generator``."""
+    height, width = images.shape[-2:]
+    if size > min(height, width):
+        raise ConfigError(f"train_crop {size} is larger than the {height}x{width} training images; lower it or set it to null")
+    top = int(torch.randint(0, height - size + 1, (), generator=generator, device=generator.device))
+    left = int(torch.randint(0, width - size + 1, (), generator=generator, device=generator.device))
+    return images[..., top : top + size, left : left + size]
