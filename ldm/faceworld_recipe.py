@@ -35,7 +35,9 @@ from torch.utils.data import DataLoader
 from ldm.checkpoints import atomic_write_bytes, convert_file, load_state_dict, pretrained, save_safetensors
 from ldm.config import load_config, save_config
 from ldm.data.celeba import PreprocessedFaces
+from ldm.data.faceworld import VERSION as FACEWORLD_VERSION
 from ldm.data.faceworld import make_faceworld
+from ldm.errors import UserError
 from ldm.training import LaunchOptions, train
 
 logger = logging.getLogger(__name__)
@@ -117,6 +119,13 @@ class Recipe:
 
     def stage_data(self) -> None:
         if self.record("data"):
+            made = json.loads((self.data / "meta.json").read_text()).get("version") if (self.data / "meta.json").is_file() else None
+            if made != FACEWORLD_VERSION:
+                raise UserError(
+                    f"{self.o.work} holds FaceWorld version {made}, but this code draws version {FACEWORLD_VERSION} "
+                    "(its caption cues changed) and every stage after it would mix the two; delete that folder or pass "
+                    "another --work, then run again"
+                )
             return
         start = time.time()
         make_faceworld(self.data, num=self.o.num, seed=self.o.data_seed, size=RESOLUTION, workers=self.o.workers, progress=False)
