@@ -90,7 +90,9 @@ class Recipe:
         """Point a configs/faceworld config at this run's data, earlier checkpoints and scale factor."""
         out = [f"data.train.params.root={self.data}"]
         if self.o.steps is not None:
-            out.append(f"train.max_steps={self.o.steps}")
+            # a warm-up longer than the run would leave no room for the schedule: scale it with the steps
+            warmup = int(load_config(CONFIGS / f"{name}.yaml").train.get("warmup_steps", 0))
+            out += [f"train.max_steps={self.o.steps}", f"train.warmup_steps={min(warmup, self.o.steps // 10)}"]
         if self.o.batch_size is not None:
             out.append(f"train.batch_size={self.o.batch_size}")
         if name in ("text", "mask", "codiff"):

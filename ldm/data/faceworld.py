@@ -80,7 +80,7 @@ from ldm.errors import DataError
 logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
-VERSION = 1  # bump when the renderer or the factor distribution changes (stored in meta.json)
+VERSION = 2  # bump when the renderer or the factor distribution changes (stored in meta.json)
 
 AGE_LEVELS = ("teen", "young adult", "thirties", "middle-aged", "elderly")
 BEARD_LEVELS = ("none", "short", "medium", "long")
@@ -243,18 +243,18 @@ _GREY = np.array([0.78, 0.78, 0.76], np.float32)
 # (skin tone, hair colour, a hat hiding the hair): every level differs from its neighbours in at least
 # one cue that does not depend on colour alone.
 # Per age level: hair greyness, wrinkle strength, number of forehead lines, cheek blush, skin desaturation.
-_AGE_GREY = (0.0, 0.0, 0.3, 0.6, 0.92)
-_AGE_WRINKLE = (0.0, 0.0, 0.8, 0.9, 1.0)
+_AGE_GREY = (0.0, 0.0, 0.45, 0.75, 1.0)
+_AGE_WRINKLE = (0.0, 0.0, 0.7, 0.9, 1.0)
 _AGE_LINES = (0, 0, 1, 2, 3)
 _AGE_BLUSH = (1.0, 0.0, 0.0, 0.0, 0.0)
-_AGE_DESAT = (0.0, 0.0, 0.0, 0.15, 0.35)
+_AGE_DESAT = (0.0, 0.0, 0.1, 0.25, 0.45)
 # Per beard level: opacity, speckle threshold (a pixel has hair where the fine noise exceeds it), and how far
 # up the face it reaches (face v coordinate; the mouth is at about v = 0.5). A long beard also hangs below
 # the chin over the neck (colour only: those pixels stay "neck").
-_BEARD_DARK = (0.0, 0.7, 0.85, 0.95)
-_BEARD_SPECKLE = (np.inf, 0.0, -1.0, -9.0)
-_BEARD_TOP = (1.0, 0.42, 0.12, -0.05)
-_BEARD_BELOW_CHIN = (0.0, 0.0, 0.0, 0.45)  # extra face-v units below the chin
+_BEARD_DARK = (0.0, 0.85, 0.92, 1.0)
+_BEARD_SPECKLE = (np.inf, -0.6, -1.5, -9.0)
+_BEARD_TOP = (1.0, 0.32, 0.08, -0.1)
+_BEARD_BELOW_CHIN = (0.0, 0.0, 0.0, 0.55)  # extra face-v units below the chin
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -508,7 +508,7 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
     dark_skin = float(skin_rgb.mean()) < 0.3
     wr = _AGE_WRINKLE[f.age]
     if wr > 0:
-        line_w = 0.03 / b  # about one output pixel
+        line_w = 0.055 / b  # about two output pixels: the lines must survive the VAE's 4x down-sampling
         lines = np.zeros_like(U)
         for k, v0 in enumerate((-0.5, -0.38, -0.26)[: _AGE_LINES[f.age]]):
             lines += (np.abs(V - v0 - 0.025 * np.sin(7.0 * U + k)) < line_w) * (np.abs(U) < 0.55)
@@ -517,7 +517,7 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
         if f.age >= 3:  # crow's feet and bags under the eyes
             lines += (np.abs(np.abs(U) - 0.75 - 0.5 * (V + 0.12)) < line_w * b / a) * (np.abs(V + 0.12) < 0.07)
             lines += (np.abs(V - 0.02 - 0.08 * ((np.abs(U) - 0.42) / 0.2) ** 2) < line_w) * (np.abs(np.abs(U) - 0.42) < 0.18)
-        ink = (0.6 * wr * np.clip(lines, 0, 1))[on_skin][..., None]
+        ink = (0.75 * wr * np.clip(lines, 0, 1))[on_skin][..., None]
         target = np.float32(0.75) if dark_skin else np.float32(0.0)
         cv.rgb[on_skin] = cv.rgb[on_skin] * (1 - ink) + ink * target
     if f.beard:
