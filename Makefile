@@ -1,15 +1,17 @@
 # Set-up and the two main jobs. Each target first creates/updates the project-local virtual environment.
 #   make demo   -- the main job: sample faces (see README)
 #   make test   -- the test suite (CPU, offline, a few minutes on 2 cores)
+#   make app    -- the web app on http://127.0.0.1:7860 (installs the app extra, Gradio)
 #   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, about 85 min on 2 CPU cores)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+APP_STAMP := $(VENV)/.installed-app-$(shell cat setup.py | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo train-tiny train-faceworld clean
+.PHONY: venv test demo train-tiny train-faceworld clean venv-app app test-browser
 
 venv: $(STAMP)
 
@@ -22,8 +24,24 @@ $(STAMP): setup.py
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The app extra (Gradio) beside the dev install: `make test` then runs the app's tests too (they skip without it).
+venv-app: $(APP_STAMP)
+
+$(APP_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,app]"
+	touch $@
+
 test: venv
 	$(PY) -m pytest -q -n 2 tests
+
+app: venv-app
+	$(PY) scripts/app.py
+
+# The app in a real browser (headless Chromium through Selenium; not part of `make test`): paints, generates and
+# writes docs/app.png. Needs Debian's browser: apt-get update && apt-get install -y chromium chromium-driver
+test-browser: venv-app
+	$(PY) -m pip install -q -e ".[dev,app,browser]"
+	$(PY) -m pytest -q tests_browser
 
 demo: venv
 	$(PY) scripts/demo.py --out outputs/demo

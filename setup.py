@@ -28,5 +28,9 @@ setup(
     extras_require={
         # diffusers: the peer implementation the samplers are tested against (tests/test_samplers.py); no torchvision
         "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "diffusers>=0.40"],
+        # the web app (scripts/app.py, make app) and its tests; gradio pulls no torch or torchvision
+        "app": ["gradio==6.31.0"],
+        # make test-browser: drives the app in Debian's chromium + chromium-driver
+        "browser": ["selenium==4.51.0"],
     },
 )

@@ -36,7 +36,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -109,10 +109,12 @@ def optimize_embedding(
     generator: torch.Generator,
     progress: bool = False,
     desc: str = "embedding",
+    on_step: Optional[Callable[[int, int], None]] = None,
 ) -> EmbeddingFit:
     """Stage A (eq. 5): Adam on the condition tokens only, from the target's, so the expert reconstructs x0.
 
-    The expert's weights are untouched (no gradients reach them) and it runs in eval mode.
+    The expert's weights are untouched (no gradients reach them) and it runs in eval mode. ``on_step(done,
+    steps)`` after every step (a progress display; it may raise to stop the stage).
     """
     e = target_context.detach().clone().to(x0_latent).requires_grad_(True)
     optimizer = torch.optim.Adam([e], lr=lr)
@@ -129,6 +131,8 @@ def optimize_embedding(
                 optimizer.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if on_step is not None:
+                    on_step(len(losses), steps)
     finally:
         expert.train(was_training)
     return EmbeddingFit(e.detach(), losses)
@@ -145,9 +149,11 @@ def finetune_expert(
     generator: torch.Generator,
     progress: bool = False,
     desc: str = "fine-tune",
+    on_step: Optional[Callable[[int, int], None]] = None,
 ) -> list[float]:
     """Stage B (eq. 6): Adam on the expert's UNet, in place, with ``embedding`` (e_opt) frozen and fed to the
-    UNet directly; the condition encoder is neither used nor changed. Returns the loss at every step."""
+    UNet directly; the condition encoder is neither used nor changed. Returns the loss at every step.
+    ``on_step(done, steps)`` as in :func:`optimize_embedding`."""
     params = list(expert.unet.parameters())
     optimizer = torch.optim.Adam(params, lr=lr)
     embedding = embedding.detach().to(x0_latent)
@@ -164,6 +170,8 @@ def finetune_expert(
                 optimizer.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if on_step is not None:
+                    on_step(len(losses), steps)
     finally:
         expert.unet.train(was_training)
     return losses
@@ -304,6 +312,17 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def edit_provenance(config: str, overrides: Sequence[str], ckpt: str | Path, mode: str, image: str | Path,
+                    text: Optional[str], mask: Optional[str | Path]) -> dict[str, Any]:
+    """What ``settings.json`` records of an edit's model and inputs besides its options (``scripts/edit.py``
+    and the app write the same, so either resumes the other's run): paths as given, files also by content."""
+    return {
+        "config": config, "overrides": list(overrides), "ckpt": str(ckpt), "mode": mode,
+        "image": str(image), "image_sha256": file_sha256(image), "text": text,
+        "mask": None if mask is None else str(mask), "mask_sha256": file_sha256(mask) if mask else None,
+    }
+
+
 def stage_generator(seed: int, modality: str, stage: str) -> torch.Generator:
     """The CPU generator of one stage, a function of (seed, modality, stage) only: a modality's stages draw the
     same t and ε whether it is edited alone or as part of a collaborative edit."""
@@ -376,14 +395,21 @@ def run_edit(
     options: EditOptions = EditOptions(),
     provenance: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
+    on_step: Optional[Callable[[str, int, int], None]] = None,
 ) -> EditResult:
     """Edit ``image`` toward ``targets`` (raw conditions keyed by modality: ``{"text": [caption]}``,
     ``{"seg_mask": onehot[1, 19, 1024]}``, or both for the collaborative edit) in the run directory ``out_dir``.
 
     ``image`` must already be at the model's resolution (:func:`fit_to_resolution`). ``provenance`` (config,
     checkpoint, input files, ...) is stored in ``settings.json`` with ``options`` and must match on resume.
-    The model's experts are fine-tuned in place (or loaded from the run's files).
+    The model's experts are fine-tuned in place (or loaded from the run's files). ``on_step(stage, done,
+    total)`` after every step of stages A and B and every α image (e.g. a progress bar; raising in it stops
+    the run, and the stages finished before stay on disk).
     """
+
+    def hook(stage: str) -> Optional[Callable[[int, int], None]]:
+        return None if on_step is None else (lambda done, total: on_step(stage, done, total))
+
     options.check()
     out = Path(out_dir)
     modalities = list(targets)
@@ -421,7 +447,7 @@ def run_edit(
             fit = optimize_embedding(
                 expert, x0, e_target[m], schedule, steps=options.embed_steps, lr=options.embed_lr,
                 generator=stage_generator(options.seed, m, "A"), progress=progress,
-                desc=f"A: embedding ({m})",
+                desc=f"A: embedding ({m})", on_step=hook(f"A: embedding ({m})"),
             )
             e_opt[m] = fit.embedding
             save_safetensors({"e_opt": e_opt[m], "e_target": e_target[m], "losses": torch.tensor(fit.losses)}, emb_path,
@@ -436,7 +462,7 @@ def run_edit(
             losses = finetune_expert(
                 expert, x0, e_opt[m], schedule, steps=options.finetune_steps, lr=options.finetune_lr,
                 generator=stage_generator(options.seed, m, "B"), progress=progress,
-                desc=f"B: fine-tune ({m})",
+                desc=f"B: fine-tune ({m})", on_step=hook(f"B: fine-tune ({m})"),
             )
             save_safetensors(expert.unet.state_dict(), expert_path,
                              metadata={"modality": m, "stage": "B", "losses": json.dumps(losses)})
@@ -448,6 +474,8 @@ def run_edit(
     images = []
     bar = tqdm(list(enumerate(options.alphas)), desc="C: alpha sweep", disable=not progress)
     for k, alpha in bar:
+        if on_step is not None:
+            on_step("C: alpha sweep", k, len(options.alphas))
         path = out / alpha_image_name(k, alpha)
         if path.is_file():
             with Image.open(path) as saved:
@@ -458,6 +486,8 @@ def run_edit(
                               spacing=options.spacing, seed=options.seed, options=preset)
         save_png(to_uint8(result.images[0]), path)
         images.append(image_to_tensor(Image.fromarray(to_uint8(result.images[0]))))  # what the file holds
+    if on_step is not None:
+        on_step("C: alpha sweep", len(options.alphas), len(options.alphas))
     images = torch.stack(images)
     reconstruction = model.decode_latents(x0).clamp(-1, 1)[0].float().cpu()
     grid_path = out / "grid.png"

@@ -50,7 +50,7 @@ from ldm.editing import (  # noqa: E402
     MODES,
     UNIMODAL_ALPHAS,
     EditOptions,
-    file_sha256,
+    edit_provenance,
     fit_to_resolution,
     parse_alphas,
     run_edit,
@@ -132,11 +132,7 @@ def main(argv=None):
     if image.size != (resolution, resolution):
         logger.info("input %s is %dx%d: resized (shorter side) and centre-cropped to %dx%d, the model's resolution",
                     image_path, *image.size, resolution, resolution)
-    provenance = {
-        "config": args.config, "overrides": list(args.overrides), "ckpt": str(ckpt), "mode": args.mode,
-        "image": str(image_path), "image_sha256": file_sha256(image_path), "text": args.text, "mask": args.mask,
-        "mask_sha256": file_sha256(args.mask) if args.mask else None,
-    }
+    provenance = edit_provenance(args.config, args.overrides, ckpt, args.mode, image_path, args.text, args.mask)
     result = run_edit(model, fit_to_resolution(image, resolution), targets, out, options, provenance)
     if result.skipped:
         logger.info("resumed: %d finished stages skipped (%s)", len(result.skipped), ", ".join(result.skipped[:6]))

@@ -97,6 +97,11 @@ def _colours_to_ids(rgb: np.ndarray, where: str) -> np.ndarray:
     return order[pos].astype(np.uint8)
 
 
+def rgb_to_index(rgb: np.ndarray, where: str = "mask") -> np.ndarray:
+    """uint8 RGB [H, W, 3] in ``PALETTE`` exactly -> class ids [H, W]; any other colour raises a DataError."""
+    return _colours_to_ids(np.asarray(rgb, dtype=np.uint8)[..., :3], where)
+
+
 def load_mask_png(path: PathLike) -> np.ndarray:
     """Read a segmentation mask PNG ("P" indices, "L" ids or "RGB" palette colours) as uint8 class ids [H, W]."""
     where = os.fspath(path)
@@ -121,15 +126,20 @@ def load_mask_png(path: PathLike) -> np.ndarray:
     return np.ascontiguousarray(mask)
 
 
+def check_condition_shape(index: np.ndarray, where: str) -> None:
+    """A mask given as a condition must be square and at least 32x32 (the size of the face it describes)."""
+    if index.shape[0] != index.shape[1] or index.shape[0] < MASK_SIZE:
+        raise DataError(
+            f"{where}: mask is {index.shape[1]}x{index.shape[0]}; it must be square and at least "
+            f"{MASK_SIZE}x{MASK_SIZE} (e.g. 256x256 or 512x512, the size of the face it describes)"
+        )
+
+
 def load_mask_condition(path: PathLike) -> torch.Tensor:
     """A mask PNG given as a condition -> FloatTensor [19, 1024]: read with :func:`load_mask_png`, checked to be
     square and at least 32x32 (the size of the face it describes), then resized and one-hot encoded."""
     index = load_mask_png(path)
-    if index.shape[0] != index.shape[1] or index.shape[0] < MASK_SIZE:
-        raise DataError(
-            f"{os.fspath(path)}: mask is {index.shape[1]}x{index.shape[0]}; it must be square and at least "
-            f"{MASK_SIZE}x{MASK_SIZE} (e.g. 256x256 or 512x512, the size of the face it describes)"
-        )
+    check_condition_shape(index, os.fspath(path))
     return index_mask_to_onehot(index)
 
 
