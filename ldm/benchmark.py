@@ -12,6 +12,10 @@ What is measured (``scripts/benchmark.py`` is the command line):
   paths and the losses are comparable.
 - **peak memory** of each measurement (CUDA: ``max_memory_allocated``; CPU: the process's peak RSS,
   reset before each measurement where Linux allows it).
+- **images/s at equal quality** (``equal_quality``): whole sampling runs, condition encoding and VAE decoding
+  excluded, of the released sampler (DDIM 50, eta 1) and of the recommended fewer-step sampler
+  (:data:`ldm.diffusion.samplers.RECOMMENDED`, which matches DDIM 50's quality on FaceWorld: docs/samplers.md),
+  one after the other on the fast path with the same weights and x_T, and the speed-up of the second.
 - **FLOPs** per image of one sampling step and of one training step, counted once per model with
   ``torch.utils.flop_counter.FlopCounterMode`` (eager, explicit attention, no recomputation), which gives the
   achieved FLOP/s and, with a stated peak, its fraction.
@@ -40,6 +44,7 @@ from torch import nn
 
 from ldm.config import instantiate, load_config
 from ldm.diffusion.ddim import ddim_sample, ddim_timesteps
+from ldm.diffusion.samplers import RECOMMENDED, RELEASED, SamplerOptions
 from ldm.errors import UserError
 from ldm.models.common import step_generator
 from ldm.models.latent_diffusion import LatentDiffusion
@@ -71,6 +76,7 @@ class BenchmarkSettings:
     peak_tflops: Optional[float] = None
     count_flops: bool = True
     seed: int = 0
+    equal_quality: bool = False  # also time the released and the recommended sampler, whole runs
 
 
 @dataclass
@@ -100,6 +106,21 @@ class Agreement:
 
 
 @dataclass
+class EqualQuality:
+    """Whole sampling runs of two samplers of equal measured quality, in the same run, at one batch size."""
+
+    batch: int
+    released: str  # e.g. "DDIM 50 steps, uniform spacing, eta 1"
+    recommended: str
+    released_images_per_s: float
+    recommended_images_per_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.recommended_images_per_s / self.released_images_per_s
+
+
+@dataclass
 class BenchmarkReport:
     machine: dict[str, Any]
     config: str
@@ -110,6 +131,7 @@ class BenchmarkReport:
     measurements: list[Measurement] = field(default_factory=list)
     agreements: list[Agreement] = field(default_factory=list)
     peak_tflops: Optional[float] = None
+    equal_quality: list[EqualQuality] = field(default_factory=list)
 
     @property
     def agree(self) -> bool:
@@ -119,6 +141,8 @@ class BenchmarkReport:
         out = asdict(self)
         out["agree"] = self.agree
         out["speedups"] = speedups(self)
+        for row, eq in zip(out["equal_quality"], self.equal_quality):
+            row["speedup"] = eq.speedup
         return out
 
 
@@ -484,7 +508,41 @@ def benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = logger.i
             log(_row_line(row))
     if settings.reference:
         report.agreements = agreements(outputs, TOLERANCE[fast.precision])
+    if settings.equal_quality:  # the fast path's options are applied (the last path measured)
+        for b in settings.batch_sizes:
+            row = run_equal_quality(model, contexts[b], method, fast, settings.seed)
+            report.equal_quality.append(row)
+            log(f"equal quality, batch {b}: {row.released} {row.released_images_per_s:.3f} img/s, "
+                f"{row.recommended} {row.recommended_images_per_s:.3f} img/s ({row.speedup:.2f}x)")
     return report
+
+
+@torch.no_grad()
+def time_sampler(eps_fn: Callable, x_T: torch.Tensor, schedule, options: SamplerOptions, seed: int) -> float:
+    """Seconds of one whole sampling run with ``options`` (synchronised on CUDA)."""
+    device = x_T.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    options.run(eps_fn, x_T, schedule, generator=torch.Generator().manual_seed(seed))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def run_equal_quality(model: nn.Module, contexts: dict[str, torch.Tensor], method: str, speed: SpeedOptions,
+                      seed: int, released: SamplerOptions = RELEASED, recommended: SamplerOptions = RECOMMENDED) -> EqualQuality:
+    """Images/s of whole runs of ``released`` and ``recommended`` from the same x_T, after one untimed
+    2-step run of each (warm-up, compilation)."""
+    device = next(model.parameters()).device
+    eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
+    batch = next(iter(contexts.values())).shape[0]
+    x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    for options in (released, recommended):
+        warm = SamplerOptions(options.sampler, 2, options.spacing, options.eta)
+        time_sampler(eps_fn, x_T, model.schedule, warm, seed)
+    seconds = [time_sampler(eps_fn, x_T, model.schedule, options, seed) for options in (released, recommended)]
+    return EqualQuality(batch, released.describe(), recommended.describe(), batch / seconds[0], batch / seconds[1])
 
 
 def model_gflops(model: nn.Module, method: str, stages: Sequence[str], seed: int) -> dict[str, float]:
@@ -611,6 +669,11 @@ def format_report(report: BenchmarkReport) -> str:
     if ups:
         lines += ["", "speed-up of the fast path (img/s fast / reference):"]
         lines += [f"  {u['task']:<24} batch {u['batch']:>3}: {u['speedup']:.2f}x" for u in ups]
+    if report.equal_quality:
+        lines += ["", "images/s at equal quality (whole sampling runs, fast path; quality: docs/samplers.md):"]
+        for eq in report.equal_quality:
+            lines.append(f"  batch {eq.batch:>3}: {eq.released}: {eq.released_images_per_s:.3f} img/s; {eq.recommended}: "
+                         f"{eq.recommended_images_per_s:.3f} img/s; speed-up {eq.speedup:.2f}x")
     if report.agreements:
         lines += ["", "agreement of the fast path with the reference (relative L2; losses: relative difference):"]
         for a in report.agreements:

@@ -6,7 +6,9 @@ batch size, with --train the images/s of a training step of every stage (each ex
 peak memory, and the achieved FLOP/s (FLOPs counted once per model; --peak-tflops gives the fraction of a
 stated peak). --reference also runs the plain path (fp32, explicit softmax attention, checkpointing on, no
 compile) in the same run on the same weights, x_T (eta 0) and training draws, checks that the outputs agree
-and prints the speed-up. Exit code 1 if they disagree. Details: docs/performance.md.
+and prints the speed-up. Exit code 1 if they disagree. --equal-quality also times whole sampling runs of the
+released sampler (DDIM 50, eta 1) and of the recommended fewer-step one, whose quality matches it
+(docs/samplers.md), and prints the images/s of both and the speed-up. Details: docs/performance.md.
 
 Examples:
   # CPU, the whole paper configuration at batch 1, 5 DDIM steps, fast fp32 path against the reference
@@ -14,6 +16,9 @@ Examples:
   # one H100: the issue's measurement (bf16, compiled, channels_last) against the reference, with training
   python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cuda --batch-sizes 1 8 16 32 \\
       --precision bf16 --compile --channels-last --reference --train --train-batch-sizes 8 --peak-tflops 790 --json bench.json
+  # images/s at equal quality: the recommended sampler against DDIM 50, on the fast path
+  python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cuda --batch-sizes 8 --steps 5 \
+      --precision bf16 --channels-last --equal-quality
   # the tiny chain, in seconds
   python scripts/benchmark.py --config configs/tiny/codiff.yaml --batch-sizes 1 --steps 4 --reference --train
 """
@@ -47,6 +52,8 @@ def parse(argv):
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "math"], help="fast path attention")
     p.add_argument("--checkpointing", default="off", choices=["on", "off"], help="fast path gradient checkpointing (training)")
     p.add_argument("--no-streams", action="store_true", help="fast path: no separate CUDA streams for the networks of a step")
+    p.add_argument("--equal-quality", action="store_true",
+                   help="also time whole runs of DDIM 50 and of the recommended sampler of equal quality (docs/samplers.md)")
     p.add_argument("--train", action="store_true", help="also measure a training step of every stage")
     p.add_argument("--train-batch-sizes", type=int, nargs="+", default=None, help="training batch sizes (default: --batch-sizes)")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps per stage and batch size")
@@ -73,6 +80,7 @@ def main(argv=None):
         steps=args.steps, warmup=args.warmup, repeats=args.repeats, train=args.train,
         train_batch_sizes=args.train_batch_sizes, train_steps=args.train_steps, reference=args.reference,
         speed=speed, peak_tflops=args.peak_tflops, count_flops=not args.no_flops, seed=args.seed,
+        equal_quality=args.equal_quality,
     )
     report = benchmark(settings, log=print)
     print()
