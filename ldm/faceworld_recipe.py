@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from ldm.checkpoints import atomic_write_bytes, convert_file, load_state_dict, pretrained, save_safetensors
 from ldm.config import load_config, save_config
 from ldm.data.celeba import PreprocessedFaces
-from ldm.data.faceworld import VERSION as FACEWORLD_VERSION
+from ldm.data.faceworld import LATEST_VERSION as FACEWORLD_VERSION
 from ldm.data.faceworld import make_faceworld
 from ldm.errors import UserError
 from ldm.training import LaunchOptions, train
@@ -130,7 +130,8 @@ class Recipe:
                 )
             return
         start = time.time()
-        make_faceworld(self.data, num=self.o.num, seed=self.o.data_seed, size=RESOLUTION, workers=self.o.workers, progress=False)
+        make_faceworld(self.data, num=self.o.num, seed=self.o.data_seed, size=RESOLUTION, workers=self.o.workers, progress=False,
+                       version=FACEWORLD_VERSION)
         self.finish("data", {"num": self.o.num, "seed": self.o.data_seed, "seconds": round(time.time() - start, 1)})
 
     def stage_train(self, name: str) -> None:

@@ -33,6 +33,9 @@ def build_parser():
     p.add_argument("--test-size", type=int, default=None, help="last K samples form the test split (default num // 10)")
     p.add_argument("--supersample", type=int, default=None, help="odd render supersampling (default 3 up to 128 px, else 1)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
+    p.add_argument("--version", type=int, default=None, choices=[1, 2],
+                   help="renderer version: 1 (default; what the shipped models were trained on) or 2 (caption cues drawn at "
+                        "a scale the 16x16 latent keeps; what make train-faceworld trains on)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -42,13 +45,14 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from ldm.data.faceworld import make_faceworld
+    from ldm.data.faceworld import VERSION, make_faceworld
 
     out = writable_dir(args.out)
     start = time.perf_counter()
     make_faceworld(
         out, args.num, seed=args.seed, size=args.size, test_size=args.test_size,
         supersample=args.supersample, workers=args.workers, progress=not args.quiet,
+        version=VERSION if args.version is None else args.version,
     )  # fmt: skip
     print(f"FaceWorld of {args.num} samples at {args.size}px in {out} ({time.perf_counter() - start:.1f} s)")
 

@@ -178,3 +178,23 @@ def test_script_help_and_run(tmp_path: Path, capsys):
     assert len(PreprocessedFaces(str(out), "train", resolution=32)) == 2
     assert script.main(["--out", str(out), "--num", "3", "--size", "32", "--seed", "9", "--quiet"]) == 2
     assert "different FaceWorld" in capsys.readouterr().err
+
+
+def test_versions_share_factors_and_masks_and_differ_in_caption_cues():
+    """Version 2 redraws only the caption cues: same mask, same image where no cue is drawn."""
+    plain = fw.render_sample(0, 3, SIZE, version=1, gender=1, age=1, beard=0)
+    assert np.array_equal(plain.image, fw.render_sample(0, 3, SIZE, version=2, gender=1, age=1, beard=0).image)
+    old = fw.render_sample(0, 3, SIZE, version=1, gender=1, age=4, beard=1)
+    new = fw.render_sample(0, 3, SIZE, version=2, gender=1, age=4, beard=1)
+    assert np.array_equal(old.mask, new.mask) and not np.array_equal(old.image, new.image)
+    with pytest.raises(DataError, match="version 7"):
+        fw.render_sample(0, 3, SIZE, version=7)
+
+
+def test_make_faceworld_records_its_version(tmp_path):
+    import json
+
+    fw.make_faceworld(tmp_path / "v2", 3, seed=3, size=SIZE, test_size=1, progress=False, version=2)
+    assert json.loads((tmp_path / "v2" / "meta.json").read_text())["version"] == 2
+    with pytest.raises(DataError, match="version=2 not 1"):
+        fw.make_faceworld(tmp_path / "v2", 3, seed=3, size=SIZE, test_size=1, progress=False)

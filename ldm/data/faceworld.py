@@ -80,7 +80,11 @@ from ldm.errors import DataError
 logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
-VERSION = 2  # bump when the renderer or the factor distribution changes (stored in meta.json)
+# Versions of the renderer (stored in meta.json; the factors, captions and masks are the same in all):
+# 1 drew the caption cues at pixel scale, 2 draws them at a scale the VAE's 16x16 latent grid keeps.
+VERSIONS = (1, 2)
+VERSION = 1  # the default: the world the shipped checkpoints/faceworld models were trained on
+LATEST_VERSION = 2  # what `make train-faceworld` trains on
 
 AGE_LEVELS = ("teen", "young adult", "thirties", "middle-aged", "elderly")
 BEARD_LEVELS = ("none", "short", "medium", "long")
@@ -243,18 +247,43 @@ _GREY = np.array([0.78, 0.78, 0.76], np.float32)
 # (skin tone, hair colour, a hat hiding the hair): every level differs from its neighbours in at least
 # one cue that does not depend on colour alone.
 # Per age level: hair greyness, wrinkle strength, number of forehead lines, cheek blush, skin desaturation.
-_AGE_GREY = (0.0, 0.0, 0.45, 0.75, 1.0)
-_AGE_WRINKLE = (0.0, 0.0, 0.7, 0.9, 1.0)
 _AGE_LINES = (0, 0, 1, 2, 3)
 _AGE_BLUSH = (1.0, 0.0, 0.0, 0.0, 0.0)
-_AGE_DESAT = (0.0, 0.0, 0.1, 0.25, 0.45)
 # Per beard level: opacity, speckle threshold (a pixel has hair where the fine noise exceeds it), and how far
 # up the face it reaches (face v coordinate; the mouth is at about v = 0.5). A long beard also hangs below
 # the chin over the neck (colour only: those pixels stay "neck").
-_BEARD_DARK = (0.0, 0.85, 0.92, 1.0)
-_BEARD_SPECKLE = (np.inf, -0.6, -1.5, -9.0)
-_BEARD_TOP = (1.0, 0.32, 0.08, -0.1)
-_BEARD_BELOW_CHIN = (0.0, 0.0, 0.0, 0.55)  # extra face-v units below the chin
+
+
+@dataclass(frozen=True)
+class CueStyle:
+    """How strongly one renderer version draws the caption-only cues (per age / beard level)."""
+
+    age_grey: tuple[float, ...]  # hair greyness
+    age_wrinkle: tuple[float, ...]  # wrinkle strength
+    age_desat: tuple[float, ...]  # skin desaturation
+    line_width: float  # wrinkle line half-width in face-v units x face half-height (0.03: about one output pixel)
+    ink: float  # wrinkle darkness
+    beard_dark: tuple[float, ...]  # opacity
+    beard_speckle: tuple[float, ...]  # a pixel has hair where the fine noise exceeds this
+    beard_top: tuple[float, ...]  # how far up the face it reaches (face v; the mouth is at about 0.5)
+    beard_below_chin: tuple[float, ...]  # extra face-v units below the chin (a long beard over the neck)
+
+
+CUE_STYLES = {
+    1: CueStyle(age_grey=(0.0, 0.0, 0.3, 0.6, 0.92), age_wrinkle=(0.0, 0.0, 0.8, 0.9, 1.0), age_desat=(0.0, 0.0, 0.0, 0.15, 0.35),
+                line_width=0.03, ink=0.6, beard_dark=(0.0, 0.7, 0.85, 0.95), beard_speckle=(np.inf, 0.0, -1.0, -9.0),
+                beard_top=(1.0, 0.42, 0.12, -0.05), beard_below_chin=(0.0, 0.0, 0.0, 0.45)),
+    # two-pixel lines and folds, stronger greying and desaturation, denser and more opaque beards
+    2: CueStyle(age_grey=(0.0, 0.0, 0.45, 0.75, 1.0), age_wrinkle=(0.0, 0.0, 0.7, 0.9, 1.0), age_desat=(0.0, 0.0, 0.1, 0.25, 0.45),
+                line_width=0.055, ink=0.75, beard_dark=(0.0, 0.85, 0.92, 1.0), beard_speckle=(np.inf, -0.6, -1.5, -9.0),
+                beard_top=(1.0, 0.32, 0.08, -0.1), beard_below_chin=(0.0, 0.0, 0.0, 0.55)),
+}
+
+
+def cue_style(version: int) -> CueStyle:
+    if version not in CUE_STYLES:
+        raise DataError(f"FaceWorld version {version} does not exist; use one of {list(VERSIONS)}")
+    return CUE_STYLES[version]
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -340,8 +369,10 @@ def default_supersample(size: int) -> int:
     return 3 if size <= 128 else 1
 
 
-def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample: int = 3) -> Rendered:
-    """Paint one face back to front; returns the image and the class of the topmost layer per pixel."""
+def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample: int = 3, version: int = VERSION) -> Rendered:
+    """Paint one face back to front; returns the image and the class of the topmost layer per pixel.
+    ``version`` picks how the caption cues are drawn (:data:`CUE_STYLES`)."""
+    style = cue_style(version)
     if supersample < 1 or supersample % 2 == 0:
         raise ValueError(f"supersample must be a positive odd number, got {supersample}")
     n = size * supersample
@@ -358,10 +389,10 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
     fine = rng.standard_normal((n, n)).astype(np.float32)
     low = _smooth_noise(rng, n, 6)
 
-    grey = _AGE_GREY[f.age]
+    grey = style.age_grey[f.age]
     hair_rgb = (1 - grey) * _HAIR_COLORS[f.hair_color] + grey * _GREY
     skin_rgb = _SKIN_TONES[f.skin_tone].copy()
-    desat = _AGE_DESAT[f.age]
+    desat = style.age_desat[f.age]
     skin_rgb = (1 - desat) * skin_rgb + desat * (skin_rgb.mean() * np.array([1.02, 1.0, 0.9], np.float32))
 
     # -- background: a two-colour gradient with blotches ---------------------------------------------
@@ -506,9 +537,9 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
     on_skin = cv.cls == SKIN
     # lines and beard contrast with the skin whatever its tone: darker on light skin, lighter on dark skin
     dark_skin = float(skin_rgb.mean()) < 0.3
-    wr = _AGE_WRINKLE[f.age]
+    wr = style.age_wrinkle[f.age]
     if wr > 0:
-        line_w = 0.055 / b  # about two output pixels: the lines must survive the VAE's 4x down-sampling
+        line_w = style.line_width / b
         lines = np.zeros_like(U)
         for k, v0 in enumerate((-0.5, -0.38, -0.26)[: _AGE_LINES[f.age]]):
             lines += (np.abs(V - v0 - 0.025 * np.sin(7.0 * U + k)) < line_w) * (np.abs(U) < 0.55)
@@ -517,22 +548,22 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
         if f.age >= 3:  # crow's feet and bags under the eyes
             lines += (np.abs(np.abs(U) - 0.75 - 0.5 * (V + 0.12)) < line_w * b / a) * (np.abs(V + 0.12) < 0.07)
             lines += (np.abs(V - 0.02 - 0.08 * ((np.abs(U) - 0.42) / 0.2) ** 2) < line_w) * (np.abs(np.abs(U) - 0.42) < 0.18)
-        ink = (0.75 * wr * np.clip(lines, 0, 1))[on_skin][..., None]
+        ink = (style.ink * wr * np.clip(lines, 0, 1))[on_skin][..., None]
         target = np.float32(0.75) if dark_skin else np.float32(0.0)
         cv.rgb[on_skin] = cv.rgb[on_skin] * (1 - ink) + ink * target
     if f.beard:
         beard_rgb = hair_rgb * 0.6
         if dark_skin:  # a dark beard on dark skin would be invisible: draw it grey
             beard_rgb = np.maximum(beard_rgb, np.float32(0.55) * _GREY)
-        top = _BEARD_TOP[f.beard] + (0.35 if f.beard < 3 else 0.2) * U**2
-        below = _BEARD_BELOW_CHIN[f.beard]
+        top = style.beard_top[f.beard] + (0.35 if f.beard < 3 else 0.2) * U**2
+        below = style.beard_below_chin[f.beard]
         on_neck = (cv.cls == NECK) & (np.abs(U) < 0.6) & (V < 1.0 + below)
         zone = (V > top) & (on_skin | on_neck)
-        speckle = (fine > _BEARD_SPECKLE[f.beard]).astype(np.float32)
+        speckle = (fine > style.beard_speckle[f.beard]).astype(np.float32)
         if f.beard >= 2:  # strands
             speckle *= 0.75 + 0.25 * np.sin(110.0 * X + 6.0 * low + 20.0 * V * (f.beard - 2))
         fade = np.clip((V - top) / 0.1, 0.0, 1.0)
-        alpha = (_BEARD_DARK[f.beard] * speckle * fade)[zone][..., None]
+        alpha = (style.beard_dark[f.beard] * speckle * fade)[zone][..., None]
         cv.rgb[zone] = cv.rgb[zone] * (1 - alpha) + alpha * beard_rgb
 
     # -- hair over the forehead (with bangs down to the brows) -------------------------------------------
@@ -576,15 +607,16 @@ def render_face(f: FaceFactors, size: int, rng: np.random.Generator, supersample
     return Rendered(image, mask)
 
 
-def render_sample(seed: int, index: int, size: int = 64, supersample: Optional[int] = None, **changes) -> Rendered:
-    """Regenerate sample ``index`` of the world with ``seed`` on its own.
+def render_sample(seed: int, index: int, size: int = 64, supersample: Optional[int] = None, version: int = VERSION,
+                  **changes) -> Rendered:
+    """Regenerate sample ``index`` of the world with ``seed`` (renderer ``version``) on its own.
 
     ``changes`` replace factors (e.g. ``glasses=1``): the same face with only those factors changed (the
     render noise is drawn the same way whatever the factors), as editing benchmarks need for their targets.
     """
     f = replace(sample_factors(seed, index), **changes)
     ss = default_supersample(size) if supersample is None else supersample
-    return render_face(f, size, _sample_rng(seed, index, 1), ss)
+    return render_face(f, size, _sample_rng(seed, index, 1), ss, version)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -606,10 +638,10 @@ def sample_paths(out: Path, name: str, size: int) -> FaceWorldPaths:
     )
 
 
-def _write_sample(job: tuple[str, int, int, int, int]) -> None:
-    out, seed, index, size, supersample = job
+def _write_sample(job: tuple[str, int, int, int, int, int]) -> None:
+    out, seed, index, size, supersample, version = job
     paths = sample_paths(Path(out), str(index), size)
-    r = render_sample(seed, index, size, supersample)
+    r = render_sample(seed, index, size, supersample, version)
     atomic_write(paths.image, encode_jpeg(Image.fromarray(r.image)))
     atomic_write(paths.index_mask, encode_index_png(r.mask))
     # uint8 one-hot (a quarter of float32 on disk); the loader returns float32 either way
@@ -625,6 +657,7 @@ def make_faceworld(
     supersample: Optional[int] = None,
     workers: int = 1,
     progress: bool = True,
+    version: int = VERSION,
 ) -> Path:
     """Write (or finish) a FaceWorld of ``num`` samples under ``out`` in the preprocessed layout.
 
@@ -642,8 +675,9 @@ def make_faceworld(
     test_size = max(1, num // 10) if test_size is None else test_size
     if not 0 <= test_size < num:
         raise DataError(f"--test-size must be in [0, num), got {test_size} for num={num}")
+    cue_style(version)  # an unknown version fails here, before anything is written
     root = Path(out)
-    meta = {"kind": "faceworld", "version": VERSION, "seed": seed, "size": size, "supersample": ss, "index_mask_size": size}
+    meta = {"kind": "faceworld", "version": version, "seed": seed, "size": size, "supersample": ss, "index_mask_size": size}
     meta_path = root / celeba.META_FILE
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
@@ -661,7 +695,7 @@ def make_faceworld(
 
     todo = [i for i in range(num) if not all(p.is_file() for p in sample_paths(root, str(i), size))]
     logger.info("FaceWorld %s: %d of %d samples to render at %dx%d", root, len(todo), num, size, size)
-    jobs = [(str(root), seed, i, size, ss) for i in todo]
+    jobs = [(str(root), seed, i, size, ss, version) for i in todo]
     bar = tqdm(total=len(jobs), desc="faceworld", unit="img", disable=not progress)
     if workers > 1 and len(jobs) > 1:
         with get_context("fork").Pool(workers, torch.set_num_threads, (1,)) as pool:
