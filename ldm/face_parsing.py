@@ -81,9 +81,10 @@ def load_face_parser(
     return FaceParsingModel(network, _faceworld_input_size(weights), "FaceWorld parser")
 
 
-def read_photo(path: str | os.PathLike) -> Image.Image:
-    """Open a photo of any common mode as 8-bit RGB (transparency flattened on white), or raise a DataError."""
-    where = os.fspath(path)
+def read_photo(path: str | os.PathLike, where: Optional[str] = None) -> Image.Image:
+    """Open a photo of any common mode as 8-bit RGB (transparency flattened on white), or raise a DataError
+    whose message names it ``where`` (default: its path)."""
+    where = where or os.fspath(path)
     try:
         with Image.open(path) as image:
             if image.size[0] * image.size[1] > MAX_PIXELS:

@@ -79,8 +79,10 @@ def build_service(args):
         parser = load_face_parser(args.bisenet_weights, args.parser, args.device)
     else:
         logger.warning("no face parser at %s and no --bisenet-weights: photo -> mask is off", args.parser)
+    from ldm.config import load_config, sample_settings
+
     return AppService(
-        model=model, source=ModelSource(args.config, args.ckpt, tuple(args.overrides), args.device),
+        model=model, defaults=sample_settings(load_config(args.config, args.overrides)), source=ModelSource(args.config, args.ckpt, tuple(args.overrides), args.device),
         store=SessionStore(writable_dir(args.out)), parser=parser,
         faceworld=faceworld_source(Path(args.ckpt).parent / "recipe.json"), max_upload_bytes=args.max_upload_mb * 2**20,
     )
@@ -114,9 +116,10 @@ def build_page(service):
     from ldm.app.service import methods_from_page, parse_number
     from ldm.app.sessions import error_message
     from ldm.diffusion.collaborative import PRESETS
-    from ldm.diffusion.samplers import RECOMMENDED, get_sampler
+    from ldm.diffusion.samplers import get_sampler
 
     methods, edit_modes = service.methods(), service.edit_modes()
+    defaults = service.defaults  # the config's sample section: the released DDIM 50 steps, eta 1 in the shipped ones
 
     def mask_editor_component(label, elem_id):
         return gr.ImageEditor(
@@ -166,8 +169,8 @@ def build_page(service):
                                                     label="FaceWorld test mask (or type a test index)")
                             fw_btn = gr.Button("Use it", size="sm")
                         with gr.Row():
-                            mask_file = gr.File(label="Mask PNG", file_types=[".png"], type="filepath", height=90)
-                            photo = gr.Image(label="Photo -> mask", type="filepath", sources=["upload", "clipboard"], height=150)
+                            mask_file = gr.File(label="Mask PNG", file_types=[".png"], type="filepath", height=130)
+                            photo = gr.Image(label="Photo -> mask", type="filepath", sources=["upload", "clipboard"], height=130)
                         photo_btn = gr.Button("Parse the photo into a mask", size="sm", interactive=service.parser is not None)
                     with gr.Column(scale=2):
                         caption = gr.Textbox(label="Caption", lines=2, elem_id="caption",
@@ -175,20 +178,20 @@ def build_page(service):
                         chosen = gr.CheckboxGroup(choices=[(METHOD_TITLES[m], m) for m in methods], value=methods,
                                                   label="Methods (same seed)", elem_id="methods")
                         with gr.Row():
-                            sampler = gr.Dropdown(choices=sampler_choices(), value=RECOMMENDED.sampler, label="Sampler")
-                            preset = gr.Radio(choices=sorted(PRESETS), value="paper", label="Preset")
-                        steps = gr.Slider(1, 200, value=RECOMMENDED.steps, step=1, label="Steps", elem_id="steps")
+                            sampler = gr.Dropdown(choices=sampler_choices(), value=defaults.sampler, label="Sampler")
+                            preset = gr.Radio(choices=sorted(PRESETS), value=defaults.preset, label="Preset")
+                        steps = gr.Slider(1, 200, value=defaults.steps, step=1, label="Steps", elem_id="steps")
                         with gr.Row():
-                            eta = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="eta (DDIM only)", scale=2,
-                                            interactive=get_sampler(RECOMMENDED.sampler).has_eta)
+                            eta = gr.Slider(0.0, 1.0, value=defaults.eta, step=0.05, label="eta (DDIM only)", scale=2,
+                                            interactive=get_sampler(defaults.sampler).has_eta)
                             seed = gr.Number(value=0, precision=0, label="Seed", scale=1, elem_id="seed")
                         generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-button")
                         status = gr.Markdown("Start from a mask, write a caption, then Generate.", elem_id="status")
                 with gr.Row():
-                    results = gr.Gallery(label="Results from the same seed", columns=4, height=270, object_fit="contain",
+                    results = gr.Gallery(label="Results from the same seed", columns=4, height=310, object_fit="contain",
                                          elem_id="results", scale=3, allow_preview=False)
-                    conditions = gr.Image(label="Conditions as the model reads them (mask at 32x32)", type="filepath",
-                                          height=270, interactive=False, elem_id="conditions", scale=1)
+                    conditions = gr.Image(label="Mask as read (32x32)", type="filepath",
+                                          height=310, interactive=False, elem_id="conditions", scale=1)
                 with gr.Row():
                     with gr.Column(scale=3):
                         frame = gr.Image(label="Influence of each modality at one step (collaborative)", type="filepath",
@@ -213,11 +216,11 @@ def build_page(service):
                                 finetune_steps = gr.Number(value=APP_FINETUNE_STEPS, precision=0, label="Stage B steps (fine-tune)")
                             alphas = gr.Textbox(value=APP_ALPHAS, label="Alphas (comma list)")
                             with gr.Row():
-                                edit_sampler = gr.Dropdown(choices=sampler_choices(), value=RECOMMENDED.sampler, label="Sampler")
-                                edit_steps = gr.Number(value=RECOMMENDED.steps, precision=0, label="Steps")
-                                edit_eta = gr.Number(value=1.0, label="eta (DDIM)")
+                                edit_sampler = gr.Dropdown(choices=sampler_choices(), value=defaults.sampler, label="Sampler")
+                                edit_steps = gr.Number(value=defaults.steps, precision=0, label="Steps")
+                                edit_eta = gr.Number(value=defaults.eta, label="eta (DDIM)")
                                 edit_seed = gr.Number(value=0, precision=0, label="Seed")
-                                edit_preset = gr.Radio(choices=sorted(PRESETS), value="paper", label="Preset")
+                                edit_preset = gr.Radio(choices=sorted(PRESETS), value=defaults.preset, label="Preset")
                         with gr.Row():
                             edit_btn = gr.Button("Run the edit", variant="primary")
                             cancel_btn = gr.Button("Cancel", variant="stop")
@@ -227,7 +230,7 @@ def build_page(service):
                         with gr.Row():
                             from_face_btn = gr.Button("Mask from the face", size="sm", interactive=service.parser is not None)
                             target_blank_btn = gr.Button("Blank face", size="sm")
-                            target_file = gr.File(label="Mask PNG", file_types=[".png"], type="filepath", height=90)
+                            target_file = gr.File(label="Mask PNG", file_types=[".png"], type="filepath", height=130)
                 with gr.Row():
                     sweep = gr.Gallery(label="Alpha sweep", columns=6, height=240, object_fit="contain")
                 with gr.Row():

@@ -19,9 +19,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(out: Path, *args: str, timeout: float = 600.0):
+def running_app(out: Path, *args: str, timeout: float = float(os.environ.get("APP_START_TIMEOUT", 600))):
     """Serve the app (default: the shipped FaceWorld models on the CPU) until the block ends; yields its URL.
-    The server's log is ``out/server.log``."""
+    The server's log is ``out/server.log``; $APP_START_TIMEOUT (seconds, default 600) bounds its start."""
     port = free_port()
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "server.log", "w")

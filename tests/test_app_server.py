@@ -54,7 +54,7 @@ def test_generate_request(server):
     assert all(Image.open(item["image"]).size == (256, 256) for item in gallery)
     assert Path(frame).name == "frame_001.png" and Path(animation).suffix == ".gif" and slider["maximum"] == 1
     index, _ = me.faceworld_test_mask(SOURCE, FIRST + 3)
-    expected = condition_picture(me.resize_index(index, me.EDITOR_SIZE), caption)
+    expected = condition_picture(me.resize_index(index, me.EDITOR_SIZE))
     assert np.array_equal(np.asarray(Image.open(conditions).convert("RGB")), expected)
 
 
@@ -126,7 +126,7 @@ def test_two_clients_at_once_get_their_own_results(server):
         assert status.startswith("Done"), status
         index, expected_caption = me.faceworld_test_mask(SOURCE, FIRST + 10 + k)
         assert caption == expected_caption
-        expected = condition_picture(me.resize_index(index, me.EDITOR_SIZE), caption)
+        expected = condition_picture(me.resize_index(index, me.EDITOR_SIZE))
         assert np.array_equal(np.asarray(Image.open(conditions).convert("RGB")), expected)  # its own mask, not the other's
     sessions = [p for p in (out / "files" / "sessions").iterdir() if (p / "generate").is_dir()]
     assert len(sessions) >= 2  # each client wrote into a folder of its own

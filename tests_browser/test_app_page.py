@@ -61,6 +61,7 @@ def browser():
         options.add_argument(arg)
     options.binary_location = CHROMIUM
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(600)
     yield driver
     driver.quit()
 
@@ -94,54 +95,54 @@ def test_paint_generate_and_screenshot(browser, tmp_path):
     with running_app(tmp_path / "app") as url:
         driver = browser
         driver.get(url)
-        canvas = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#mask-editor canvas"), 180, "the mask editor")[0]
+        canvas = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#mask-editor canvas"), 600, "the mask editor")[0]
         time.sleep(2)
 
         # a FaceWorld test mask and its caption
         driver.find_element(By.XPATH, "//button[normalize-space()='Use it']").click()
         caption = driver.find_element(By.CSS_SELECTOR, "#caption textarea")
-        wait_for(lambda: caption.get_attribute("value"), 120, "the FaceWorld caption")
+        wait_for(lambda: caption.get_attribute("value"), 600, "the FaceWorld caption")
 
         # the hat brush, found by the name the page gives its swatch, and a band of strokes over the head
         editor = driver.find_element(By.ID, "mask-editor")
         editor.find_element(By.CSS_SELECTOR, "button[aria-label='Brush']").click()
         editor.find_element(By.CSS_SELECTOR, "button[aria-label='Color']").click()
-        swatch = wait_for(lambda: editor.find_elements(By.CSS_SELECTOR, f"button.color[title='{HAT} hat']"), 30, "a swatch named '14 hat'")
+        swatch = wait_for(lambda: editor.find_elements(By.CSS_SELECTOR, f"button.color[title='{HAT} hat']"), 60,
+                          "a swatch named '14 hat'")
         swatch[0].click()
         ActionChains(driver).send_keys(Keys.ESCAPE).perform()
         canvas = driver.find_elements(By.CSS_SELECTOR, "#mask-editor canvas")[0]
         paint(driver, canvas, [((72, v), (184, v)) for v in range(30, 64, 4)])
 
-        # few steps, then every method
-        steps = driver.find_element(By.CSS_SELECTOR, "#steps input[type=number]")
-        steps.send_keys(Keys.CONTROL, "a")
-        steps.send_keys("8", Keys.TAB)
+        # every method, with the config's sampler (DDIM 50 steps as released)
         driver.find_element(By.ID, "generate-button").click()
         status = driver.find_element(By.ID, "status")
-        wait_for(lambda: status.text.startswith(("Done", "Error", "Internal")), 900, "the generation", every=2)
+        wait_for(lambda: status.text.startswith(("Done", "Error", "Internal")), 1800, "the generation", every=2)
         assert status.text.startswith("Done"), status.text
 
         results = driver.find_elements(By.CSS_SELECTOR, "#results img")
         assert len(results) == 4, [r.get_attribute("src") for r in results]
-        conditions = fetch_picture(driver.find_element(By.CSS_SELECTOR, "#conditions img").get_attribute("src"))
-        mask = conditions[:, : conditions.shape[0]]  # the mask half of the picture (the caption is beside it)
+        mask = fetch_picture(driver.find_element(By.CSS_SELECTOR, "#conditions img").get_attribute("src"))  # as read: 32x32
         hat = (mask == PALETTE[HAT]).all(-1)
         assert hat.mean() > 0.02, "the painted hat strokes did not reach the model's condition"
         assert hat[: mask.shape[0] // 3].mean() > hat[mask.shape[0] // 3:].mean(), "the hat is not at the top of the head"
 
-        # the influence maps: one frame per step, browsed with the slider
+        # the influence maps: one frame per step, browsed with the slider (to a step past the middle)
         frame = driver.find_element(By.CSS_SELECTOR, "#influence-frame img")
         last = frame.get_attribute("src")
         slider = driver.find_element(By.CSS_SELECTOR, "#step-slider input[type=number]")
+        chosen = round(0.6 * int(slider.get_attribute("max")))
         slider.send_keys(Keys.CONTROL, "a")
-        slider.send_keys("0", Keys.TAB)
-        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#influence-frame img").get_attribute("src") != last, 60,
-                 "the first step's frame")
+        slider.send_keys(str(chosen), Keys.TAB)
+        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#influence-frame img").get_attribute("src") != last, 300,
+                 f"the frame of step {chosen + 1}")
+        assert f"frame_{chosen:03d}" in driver.find_element(By.CSS_SELECTOR, "#influence-frame img").get_attribute("src")
 
         driver.execute_script("window.scrollTo(0, 0)")
         time.sleep(1)
-        height = driver.execute_script("return document.body.scrollHeight")
-        driver.set_window_size(1400, min(max(height + 40, 1200), 2400))
-        time.sleep(1)
+        for _ in range(2):  # the page reflows to the window's height: measure again after resizing
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1400, min(height + 160, 2600))
+            time.sleep(1)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(SCREENSHOT))

@@ -23,7 +23,7 @@ from ldm.data.masks import colorize, index_mask_to_onehot, onehot_to_index
 from ldm.diffusion.collaborative import PRESETS, CollaborativeOptions
 from ldm.diffusion.samplers import SamplerOptions, get_sampler, sampler_names
 from ldm.errors import UserError
-from ldm.images import resize_nearest, save_png, text_tile, to_uint8
+from ldm.images import resize_nearest, save_png, to_uint8
 from ldm.pipeline import JOINT_METHODS, MODALITY_ALIASES, sample
 
 METHODS = ("collaborative", "composable", "text", "mask")
@@ -98,16 +98,16 @@ class GenerateRequest:
 
 class GenerateResult(NamedTuple):
     images: list[tuple[Path, str]]  # (display picture, caption) per method, in the requested order
-    conditions: Path  # the mask as the model reads it (32x32) beside the caption
+    conditions: Path  # the mask as the model reads it (32x32), enlarged
     frames: list[Path]  # influence frames of the collaborative run (empty without it)
     animation: Optional[Path]  # the frames as a GIF
     summary: str  # one line: sampler, seed, time per method
 
 
-def condition_picture(index: np.ndarray, caption: str, size: int = DISPLAY_SIZE) -> np.ndarray:
-    """The mask the model reads (the 32x32 nearest resize of the drawn one), enlarged, beside the caption."""
+def condition_picture(index: np.ndarray, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """The mask the model reads (the 32x32 nearest resize of the drawn one), enlarged to ``size``."""
     small = onehot_to_index(index_mask_to_onehot(index)).numpy()
-    return np.concatenate([resize_nearest(colorize(small), size), text_tile(caption or "(no caption)", size)], axis=1)
+    return resize_nearest(colorize(small), size)
 
 
 def run_generate(
@@ -145,7 +145,7 @@ def run_generate(
             decode = lambda z: model.decode_latents(z.to(model.device)).float().cpu()  # noqa: E731
             frames, animation = write_frames(influence_frames(result.trace, decode), out / "influence")
     conditions_path = out / "conditions.png"
-    save_png(condition_picture(index, request.caption.strip()), conditions_path)
+    save_png(condition_picture(index), conditions_path)
     settings = {**asdict(request), **choice.to_dict(), "methods": list(request.methods)}
     (out / "settings.json").write_text(json.dumps(settings, indent=2))
     summary = f"{choice.describe()}, seed {request.seed}, {request.preset} preset: " + ", ".join(timing)

@@ -123,7 +123,10 @@ def index_to_editor(index: np.ndarray, size: int = EDITOR_SIZE) -> np.ndarray:
 def read_mask_file(path: str | os.PathLike, where: Optional[str] = None) -> np.ndarray:
     """An uploaded mask PNG (palette, greyscale ids or palette colours) -> class ids, checked as ``--mask`` is."""
     where = where or os.fspath(path)
-    index = load_mask_png(path)
+    try:
+        index = load_mask_png(path)
+    except DataError as err:  # name the file as the user knows it, not by the server's temporary path
+        raise DataError(str(err).replace(os.fspath(path), where)) from None
     check_condition_shape(index, where)
     return index
 

@@ -23,6 +23,7 @@ from ldm.app.edit import EditRequest, ModelSource, alpha_gallery, execute, prepa
 from ldm.app.generate import GenerateRequest, GenerateResult, available_methods, run_generate
 from ldm.app.sessions import SessionStore, check_upload
 from ldm.editing import MODES
+from ldm.config import SampleSettings
 from ldm.errors import DataError, UserError
 from ldm.face_parsing import FaceParsingModel, parse_face, read_photo
 
@@ -54,6 +55,7 @@ class AppService:
     store: SessionStore
     parser: Optional[FaceParsingModel] = None
     faceworld: mask_editor.FaceWorldSource = mask_editor.FaceWorldSource()
+    defaults: SampleSettings = field(default_factory=SampleSettings)  # the page's initial sampler settings
     max_upload_bytes: int = MAX_UPLOAD_MB * 2**20
     _edit_locks: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -109,7 +111,7 @@ class AppService:
             raise UserError("no photo; upload a face photo first")
         name = Path(path).name
         check_upload(path, self.max_upload_bytes, f"photo {name}")
-        photo = read_photo(path)
+        photo = read_photo(path, name)
         return parse_face(photo, self.parser, mask_editor.EDITOR_SIZE, where=name), photo
 
     def start_photo(self, path: Optional[str]) -> StartMask:
@@ -146,7 +148,7 @@ class AppService:
             raise UserError("no face; upload the face photo to edit")
         name = Path(photo_path).name
         check_upload(photo_path, self.max_upload_bytes, f"face {name}")
-        photo = read_photo(photo_path)
+        photo = read_photo(photo_path, name)
         mask = None
         if request.mode in ("mask", "collaborative"):
             mask = self.editor_mask(editor, "target mask editor")
