@@ -145,7 +145,7 @@ def batch_of(dataset, indices) -> dict:
 
 def batch_seed(seed: int, unit: int) -> int:
     """The seed of global batch ``unit``: every method and every world size draws the same noise for it."""
-    return int(np.random.SeedSequence([seed, unit]).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([seed, unit]).generate_state(1, np.uint64)[0]) >> 1  # shift a Python int: numpy 1.x has no uint64 >> int
 
 
 class Evaluators:

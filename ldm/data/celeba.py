@@ -145,7 +145,7 @@ def beard_and_age_caption(entry: dict, where: str = "caption entry") -> str:
 
 
 MODE_NAMES = {"L": "greyscale", "LA": "greyscale with alpha", "RGBA": "RGB with alpha", "P": "palette",
-              "I;16": "16-bit", "I;16B": "16-bit", "I": "32-bit integer", "F": "32-bit float", "CMYK": "CMYK",
+              "I;16": "16-bit", "I;16B": "16-bit", "I": "integer, 16-bit or 32-bit", "F": "32-bit float", "CMYK": "CMYK",
               "1": "1-bit"}
 
 
