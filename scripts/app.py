@@ -20,6 +20,7 @@ Examples:
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def served_paths(root: Path) -> list[str]:
 
 def session_id(request) -> str:
     """The Gradio session's id (one per page load, or per API client)."""
-    return (getattr(request, "session_hash", None) or "anonymous").replace("/", "_")[:64]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", getattr(request, "session_hash", None) or "anonymous")[:64]
 
 
 def build_page(service):

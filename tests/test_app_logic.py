@@ -459,6 +459,8 @@ def test_app_script_help_and_startup_errors(tmp_path, capsys, monkeypatch):
         script("app").main(["--help"])
     assert exit_info.value.code == 0 and "--bisenet-weights" in capsys.readouterr().out
     app = script("app")
+    assert app.session_id(type("Request", (), {"session_hash": "ab/../c"})()) == "ab____c"  # a plain folder name
+    assert app.session_id(None) == "anonymous"
     monkeypatch.setitem(sys.modules, "gradio", None)  # as without the app extra
     assert app.main(["--out", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == "error: the app needs Gradio: pip install -e .[app] (or make app)"
