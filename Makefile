@@ -1,26 +1,31 @@
 # Set-up and the two main jobs. Each target first creates/updates the project-local virtual environment.
 #   make demo   -- the main job: sample faces (see README)
 #   make test   -- the test suite (CPU, offline, a few minutes on 2 cores)
+#   make test-oldest -- the same tests on the oldest supported stack (constraints/oldest.txt, in .venv-oldest)
 #   make app    -- the web app on http://127.0.0.1:7860 (installs the app extra, Gradio)
 #   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, about 85 min on 2 CPU cores)
 PYTHON ?= python3
 VENV   ?= .venv
+# pip constraints the venv is installed under: empty takes the newest releases setup.py allows; make test-oldest
+# passes constraints/oldest.txt (setup.py's lower bounds). The stamp changes with setup.py and this file.
+CONSTRAINTS ?=
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat setup.py $(CONSTRAINTS) | cksum | cut -d' ' -f1)
+PIP_C  := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 APP_STAMP := $(VENV)/.installed-app-$(shell cat setup.py | cksum | cut -d' ' -f1)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo train-tiny train-faceworld clean venv-app app test-browser
+.PHONY: venv test test-oldest demo train-tiny train-faceworld clean venv-app app test-browser
 
 venv: $(STAMP)
 
-$(STAMP): setup.py
+$(STAMP): setup.py $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Keep an installed torch (CPU or CUDA); with none, take 2.13.0 (the CPU build where no GPU is present).
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(PIP_C) "torch==2.13.0"
+	$(PY) -m pip install -q $(PIP_C) -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -32,7 +37,12 @@ $(APP_STAMP): $(STAMP)
 	touch $@
 
 test: venv
+	@$(PY) -c "from importlib.metadata import version as v; print('stack:', ', '.join(p + ' ' + v(p) for p in ('torch', 'pytorch-lightning', 'transformers', 'tokenizers', 'numpy', 'pillow')))"
 	$(PY) -m pytest -q -n 2 tests
+
+# The oldest supported stack (README, "Supported versions"): the same tests in .venv-oldest.
+test-oldest:
+	$(MAKE) --no-print-directory test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt
 
 app: venv-app
 	$(PY) scripts/app.py

@@ -18,16 +18,18 @@ setup(
         "pytorch-lightning>=2.4,<3",
         "omegaconf>=2.3",
         "transformers>=4.40",
+        "tokenizers>=0.19",  # imported directly (ldm/modules/encoders.py)
         "einops>=0.7",
         "numpy>=1.24",
         "pillow>=10",
         "tqdm>=4.60",
-        "safetensors>=0.4",
+        "safetensors>=0.4.1",
         "tensorboard>=2.12",
+        "pyyaml>=6.0.1",  # imported directly (ldm/config.py)
     ],
     extras_require={
         # diffusers: the peer implementation the samplers are tested against (tests/test_samplers.py); no torchvision
-        "dev": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6.100", "diffusers>=0.40"],
+        "dev": ["pytest>=8", "pytest-xdist>=3.0.2", "hypothesis>=6.100", "diffusers>=0.35"],
         # the web app (scripts/app.py, make app) and its tests; gradio pulls no torch or torchvision
         "app": ["gradio==6.31.0"],
         # make test-browser: drives the app in Debian's chromium + chromium-driver

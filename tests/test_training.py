@@ -53,12 +53,12 @@ def train_args(tiny, run_dir: Path, steps: int, every: int, *extra: str) -> list
     ]
 
 
-def logged_losses(run_dir: Path) -> dict[int, float]:
-    """train/loss by step over every launch's metrics.csv (a later launch wins)."""
+def logged_losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    """``key`` by step over every launch's metrics.csv (a later launch wins)."""
     losses = {}
     for path in sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
         with open(path, newline="") as f:
-            losses.update({int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(f) if row.get("train/loss")})
+            losses.update({int(row["step"]): float(row[key]) for row in csv.DictReader(f) if row.get(key)})
     return losses
 
 
@@ -117,6 +117,40 @@ def test_extending_a_finished_shorter_run_matches_uninterrupted_run(tiny, uninte
     assert script("train_ldm").main(train_args(tiny, run, STEPS, 3, "--resume", "last")) == 0
     assert logged_losses(run) == uninterrupted["losses"]
     assert_same_weights(run / "checkpoints" / "last.ckpt", uninterrupted["last"])
+
+
+def test_vae_with_accumulation_resumes_exactly_and_keeps_its_final_state(tiny, tmp_path):
+    """The VAE draws posterior samples per micro-batch; with 2 micro-batches per step, a run resumed at step 2
+    and a 3-step run (not a multiple of its checkpoint interval) extended to 5 both match the uninterrupted run:
+    losses, logged steps and weights."""
+    def vae_args(run: Path, steps: int, every: int, *extra: str) -> list[str]:
+        return [
+            "--config", "configs/tiny/vae.yaml", "--accelerator", "cpu", "--devices", "1", "--run-dir", str(run),
+            "--max-steps", str(steps), f"data.train.params.root={tiny['data']}", "train.accumulate_grad_batches=2",
+            "train.log_every_n_steps=1", f"train.checkpoint_every_n_steps={every}", *extra,
+        ]
+
+    def final(run: Path) -> dict:
+        return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+    train_vae = script("train_vae")
+    full = tmp_path / "full"
+    assert train_vae.main(vae_args(full, 5, 1)) == 0
+    losses = logged_losses(full, "train/total_loss")
+    assert sorted(losses) == list(range(5))
+
+    resumed = tmp_path / "resumed"
+    assert train_vae.main(vae_args(resumed, 5, 2, "--resume", str(full / "checkpoints" / "step00000002.ckpt"))) == 0
+    assert logged_losses(resumed, "train/total_loss") == {step: losses[step] for step in range(2, 5)}
+    assert_same_weights(resumed / "checkpoints" / "last.ckpt", full / "checkpoints" / "last.ckpt")
+
+    extended = tmp_path / "extended"
+    assert train_vae.main(vae_args(extended, 3, 2)) == 0
+    assert final(extended)["global_step"] == 3  # last.ckpt holds the final step, not step 2
+    assert train_vae.main(vae_args(extended, 5, 2, "--resume", "last")) == 0
+    assert final(extended)["global_step"] == 5
+    assert logged_losses(extended, "train/total_loss") == losses
+    assert_same_weights(extended / "checkpoints" / "last.ckpt", full / "checkpoints" / "last.ckpt")
 
 
 def test_killed_run_leaves_loadable_checkpoints_and_resumes(tiny, uninterrupted, tmp_path):
