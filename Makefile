@@ -2,8 +2,9 @@
 #   make demo   -- the main job: sample faces (see README)
 #   make test   -- the test suite (CPU, offline, a few minutes on 2 cores)
 #   make test-oldest -- the same tests on the oldest supported stack (constraints/oldest.txt, in .venv-oldest)
+#   make figures -- the paper's figure kinds from the shipped FaceWorld models into docs/figures/ (see docs/figures.md)
 #   make app    -- the web app on http://127.0.0.1:7860 (installs the app extra, Gradio)
-#   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, about 85 min on 2 CPU cores)
+#   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, about 2 hours on 2 quiet CPU cores)
 PYTHON ?= python3
 VENV   ?= .venv
 # pip constraints the venv is installed under: empty takes the newest releases setup.py allows; make test-oldest
@@ -16,7 +17,7 @@ APP_STAMP := $(VENV)/.installed-app-$(shell cat setup.py | cksum | cut -d' ' -f1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-oldest demo train-tiny train-faceworld clean venv-app app test-browser
+.PHONY: venv test test-oldest demo figures train-tiny train-faceworld clean venv-app app test-browser
 
 venv: $(STAMP)
 
@@ -56,7 +57,12 @@ test-browser: venv-app
 demo: venv
 	$(PY) scripts/demo.py --out outputs/demo
 
-# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: about 85 min on 2 CPU cores, fixed seeds.
+# Teaser, method comparison, influence maps (supp. Fig. A4/A5) and editing alpha sweeps; edits resume from outputs/figures/edits.
+figures: venv
+	LDM_PROGRESS=0 $(PY) scripts/figures.py --out docs/figures
+
+# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: about 2 hours on 2 quiet CPU cores, fixed seeds
+# (docs/faceworld_recipe.md); give it the machine to itself.
 train-faceworld: venv
 	LDM_PROGRESS=0 $(PY) scripts/train_faceworld.py --work outputs/faceworld_train --export checkpoints/faceworld
 

@@ -29,13 +29,12 @@ import torch  # noqa: E402
 from ldm.cli import add_sampler_arguments, main_guard, make_parser, sampler_options, setup_logging, writable_dir  # noqa: E402
 from ldm.config import load_config  # noqa: E402
 from ldm.data.celeba import PreprocessedFaces  # noqa: E402
-from ldm.data import faceworld  # noqa: E402
 from ldm.data.faceworld import make_faceworld  # noqa: E402
-from ldm.data.masks import index_mask_to_onehot  # noqa: E402
 from ldm.diffusion.collaborative import CollaborativeOptions  # noqa: E402
 from ldm.diffusion.samplers import RECOMMENDED  # noqa: E402
 from ldm.figures import condition_tiles, write_comparison  # noqa: E402
 from ldm.images import grid, save_png, to_uint8  # noqa: E402
+from ldm.paper_figures import faceworld_pairs  # noqa: E402
 from ldm.pipeline import load_model  # noqa: E402
 from ldm.training import LaunchOptions, train  # noqa: E402
 
@@ -62,23 +61,9 @@ def chain_overrides(name: str, data_root: Path, runs: Path) -> list[str]:
 
 
 def test_pairs(seed: int, num: int, count: int) -> list[tuple[str, str, object]]:
-    """``count`` test-split pairs (name, caption, one-hot mask [19, 1024]) of the FaceWorld (seed, num),
-    regenerated on their own (FaceWorld samples are pure functions of (seed, index)); greedily chosen so that
-    their (gender, age, beard) differ where possible."""
-    test = range(num - max(1, num // 10), num)
-    chosen, seen = [], set()
-    for strict in (True, False):
-        for i in test:
-            f = faceworld.sample_factors(seed, i)
-            key = (f.gender, f.age, f.beard)
-            if len(chosen) < count and i not in chosen and (key not in seen or not strict):
-                chosen.append(i)
-                seen.add(key)
-    out = []
-    for i in chosen:
-        mask = index_mask_to_onehot(faceworld.render_sample(seed, i, 64).mask)
-        out.append((str(i), faceworld.make_caption(faceworld.sample_factors(seed, i)), mask))
-    return out
+    """``count`` test-split pairs (name, caption, one-hot mask [19, 1024]) of the FaceWorld (seed, num)
+    (:func:`ldm.paper_figures.faceworld_pairs`: rendered on their own, (gender, age, beard) differing where possible)."""
+    return [(p.name, p.text, p.seg_mask) for p in faceworld_pairs(seed, num, count)]
 
 
 def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:

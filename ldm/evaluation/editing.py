@@ -49,7 +49,7 @@ from PIL import Image
 from ldm.checkpoints import atomic_write_bytes
 from ldm.data import faceworld, masks
 from ldm.data.celeba import image_to_tensor, read_image, read_meta, split_names
-from ldm.editing import MODES, EditOptions, run_edit
+from ldm.editing import MODES, EditOptions, EditResult, run_edit
 from ldm.errors import DataError, UserError
 from ldm.evaluation.metrics import resize_index_masks
 
@@ -75,8 +75,28 @@ class EditCase:
     mask_change: str  # "glasses" or "hair_length"
 
 
+def faceworld_case(seed: int, index: int, size: int, supersample: Optional[int] = None, mask_change: str = "glasses") -> EditCase:
+    """FaceWorld face ``index`` of the world ``seed``, rendered at ``size`` (the input image is the render), with
+    its edit targets (module docstring); ``mask_change`` is "glasses" (toggled) or "hair_length" (one level longer)."""
+    if mask_change not in ("glasses", "hair_length"):
+        raise ValueError(f"mask_change must be 'glasses' or 'hair_length', got {mask_change!r}")
+    f = faceworld.sample_factors(seed, index)
+    age = (f.age + 2) % len(faceworld.AGE_LEVELS)
+    beard = (f.beard + 2) % len(faceworld.BEARD_LEVELS) if f.gender == 1 else 0  # women have no beard
+    change = {"glasses": 1 - f.glasses} if mask_change == "glasses" else {"hair_length": (f.hair_length + 1) % 3}
+    source = faceworld.render_sample(seed, index, size, supersample)
+    target = faceworld.render_sample(seed, index, size, supersample, **change)
+    return EditCase(
+        name=str(index), image=Image.fromarray(source.image), source_mask=source.mask, target_mask=target.mask,
+        target_caption=faceworld.make_caption(replace(f, age=age, beard=beard)),
+        source_labels={"age": f.age, "beard": f.beard, "gender": f.gender},
+        target_labels={"age": age, "beard": beard, "gender": f.gender}, mask_change=mask_change,
+    )
+
+
 def faceworld_cases(root: str | Path, num: int, resolution: int) -> list[EditCase]:
-    """The first ``num`` faces of a FaceWorld's test split with their edit targets (module docstring)."""
+    """The first ``num`` faces of a FaceWorld's test split with their edit targets (module docstring); the input
+    images are the data set's files."""
     root = Path(root)
     meta = read_meta(root)
     if meta.get("kind") != "faceworld":
@@ -89,21 +109,8 @@ def faceworld_cases(root: str | Path, num: int, resolution: int) -> list[EditCas
         raise UserError(f"--num {num} is more than the {len(names)} test faces of {root}; give --num {len(names)} or fewer")
     cases = []
     for k, name in enumerate(names[:num]):
-        index = int(name)
-        f = faceworld.sample_factors(seed, index)
-        age = (f.age + 2) % len(faceworld.AGE_LEVELS)
-        beard = (f.beard + 2) % len(faceworld.BEARD_LEVELS) if f.gender == 1 else 0  # women have no beard
-        mask_change = "glasses" if k % 2 == 0 else "hair_length"
-        change = {"glasses": 1 - f.glasses} if mask_change == "glasses" else {"hair_length": (f.hair_length + 1) % 3}
-        source = faceworld.render_sample(seed, index, size, supersample)
-        target = faceworld.render_sample(seed, index, size, supersample, **change)
-        image = read_image(faceworld.sample_paths(root, name, size).image, resolution)
-        cases.append(EditCase(
-            name=name, image=image, source_mask=source.mask, target_mask=target.mask,
-            target_caption=faceworld.make_caption(replace(f, age=age, beard=beard)),
-            source_labels={"age": f.age, "beard": f.beard, "gender": f.gender},
-            target_labels={"age": age, "beard": beard, "gender": f.gender}, mask_change=mask_change,
-        ))
+        case = faceworld_case(seed, int(name), size, supersample, "glasses" if k % 2 == 0 else "hair_length")
+        cases.append(replace(case, image=read_image(faceworld.sample_paths(root, name, size).image, resolution)))
     return cases
 
 
@@ -177,6 +184,49 @@ def mean_metrics(rows: Sequence[Mapping[str, Optional[float]]]) -> dict[str, Opt
 # The measurement
 
 
+def run_edit_modes(
+    model: nn.Module,
+    image: Image.Image,
+    targets: Mapping[str, Any],
+    run_dirs: Mapping[str, Path],
+    options: EditOptions,
+    provenance: Optional[Mapping[str, Any]] = None,
+    *,
+    progress: bool = False,
+) -> dict[str, EditResult]:
+    """Edit one ``image`` in every mode of ``run_dirs`` (``{mode: run directory}``; modes of ``EDIT_MODES``), each
+    mode taking the targets of its modalities from ``targets`` (``{"text": [caption], "seg_mask": [1, 19, 1024]}``).
+
+    The collaborative edit runs first, stages A and B for both modalities; the text and mask edits take those
+    stages' files (a modality's stages draw the same numbers alone or together), so each expert is fine-tuned
+    once. The experts' weights are restored before every edit and after the last. Returns ``{mode: EditResult}``.
+    """
+    unknown = [m for m in run_dirs if m not in EDIT_MODES]
+    if unknown:
+        raise UserError(f"unknown edit modes {unknown}; choose from {list(EDIT_MODES)}")
+    originals = {m: {k: v.detach().clone() for k, v in e.unet.state_dict().items()} for m, e in model.experts.items()}
+    results = {}
+    try:
+        for mode in [m for m in ("collaborative", "text", "mask") if m in run_dirs]:
+            wanted = MODES[mode]
+            run_dir, shared = Path(run_dirs[mode]), run_dirs.get("collaborative")
+            if mode != "collaborative" and shared is not None and Path(shared).is_dir():
+                for m in wanted:  # stages A and B already run by the collaborative edit
+                    for stem in (f"embedding_{m}", f"expert_{m}"):
+                        src, dst = Path(shared) / f"{stem}.safetensors", run_dir / f"{stem}.safetensors"
+                        if src.is_file() and not dst.exists():
+                            run_dir.mkdir(parents=True, exist_ok=True)
+                            shutil.copyfile(src, dst)
+            for m, state in originals.items():
+                model.experts[m].unet.load_state_dict(state)
+            results[mode] = run_edit(model, image, {m: targets[m] for m in wanted}, run_dir, options,
+                                     {**(provenance or {}), "mode": mode}, progress=progress)
+    finally:
+        for m, state in originals.items():
+            model.experts[m].unet.load_state_dict(state)
+    return results
+
+
 def evaluate_edits(
     model: nn.Module,
     cases: Sequence[EditCase],
@@ -200,34 +250,17 @@ def evaluate_edits(
     if unknown:
         raise UserError(f"unknown edit modes {unknown}; choose from {list(EDIT_MODES)}")
     out = Path(out_dir)
-    originals = {m: {k: v.detach().clone() for k, v in e.unet.state_dict().items()} for m, e in model.experts.items()}
     per_image: dict[tuple[str, float], list[dict]] = {}
     input_rows = []
-    order = [m for m in ("collaborative", "text", "mask") if m in modes]
     for case in cases:
         input_rows.append(image_metrics(case, image_to_tensor(case.image), "input", parser, classifier, lpips))
         targets = {"text": [case.target_caption], "seg_mask": masks.index_mask_to_onehot(case.target_mask).unsqueeze(0)}
-        for mode in order:
-            wanted = MODES[mode]
-            run_dir = out / f"{case.name}_{mode}"
-            shared = out / f"{case.name}_collaborative"
-            if mode != "collaborative" and shared.is_dir():
-                for m in wanted:  # stages A and B already run by the collaborative edit
-                    for stem in (f"embedding_{m}", f"expert_{m}"):
-                        src, dst = shared / f"{stem}.safetensors", run_dir / f"{stem}.safetensors"
-                        if src.is_file() and not dst.exists():
-                            run_dir.mkdir(parents=True, exist_ok=True)
-                            shutil.copyfile(src, dst)
-            for m, state in originals.items():
-                model.experts[m].unet.load_state_dict(state)
-            result = run_edit(
-                model, case.image, {m: targets[m] for m in wanted}, run_dir, options,
-                {**(provenance or {}), "case": case.name, "mode": mode}, progress=progress,
-            )
+        run_dirs = {mode: out / f"{case.name}_{mode}" for mode in modes}
+        results = run_edit_modes(model, case.image, targets, run_dirs, options,
+                                 {**(provenance or {}), "case": case.name}, progress=progress)
+        for mode, result in results.items():
             for alpha, image in zip(options.alphas, result.images):
                 per_image.setdefault((mode, alpha), []).append(image_metrics(case, image, mode, parser, classifier, lpips))
-    for m, state in originals.items():
-        model.experts[m].unet.load_state_dict(state)
     rows = [{"mode": "input", "alpha": None, "n": len(input_rows), **mean_metrics(input_rows)}]
     for mode in EDIT_MODES:
         for alpha in options.alphas:
