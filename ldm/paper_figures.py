@@ -194,27 +194,25 @@ class GenerationSettings:
     sampling: SamplerOptions = SamplerOptions()
     preset: str = "paper"
     seed: int = 0
-    samples: int = 2  # per condition
+    samples: int = 2  # collaborative samples per condition in the teaser (seeds seed, seed + 1, ...)
     influence_steps: int = 10  # the timesteps shown in the influence figures
 
 
 def sample_methods(model: nn.Module, pairs: Sequence[Pair], settings: GenerationSettings,
-                   methods: Sequence[str] = METHODS) -> dict[str, Samples]:
-    """Every method on every pair, ``settings.samples`` each, one batch per method from the same seed (so the
-    k-th sample of a pair has the same x_T and sampler noise for every method); the collaborative run
-    records its trace (influence weights and x_t at every step)."""
-    k = settings.samples
-    conditions = {
-        "seg_mask": torch.stack([p.seg_mask for p in pairs for _ in range(k)]),  # [P*k, 19, 1024]
-        "text": [p.text for p in pairs for _ in range(k)],
-    }
+                   methods: Sequence[str] = METHODS) -> dict[str, list[Samples]]:
+    """``{method: [Samples of every pair from seed s, ...]}``: one batch of all pairs per (method, seed), every
+    method from ``settings.seed`` (the same x_T and sampler noise for all of them), the collaborative sampler
+    also from the next ``settings.samples - 1`` seeds (the teaser's further samples). The collaborative batch
+    of ``settings.seed`` records its trace (influence weights and x_t at every step)."""
+    conditions = {"seg_mask": torch.stack([p.seg_mask for p in pairs]), "text": [p.text for p in pairs]}  # [P, 19, 1024]
     options = CollaborativeOptions.from_preset(settings.preset)
-    return {
-        method: sample(model, conditions, method=method, **settings.sampling.to_dict(),
-                       generator=torch.Generator().manual_seed(settings.seed), options=options,
-                       record_trace=method == "collaborative")
-        for method in methods
-    }
+    out = {}
+    for method in methods:
+        seeds = range(settings.seed, settings.seed + (settings.samples if method == "collaborative" else 1))
+        out[method] = [sample(model, conditions, method=method, **settings.sampling.to_dict(),
+                              generator=torch.Generator().manual_seed(seed), options=options,
+                              record_trace=method == "collaborative" and seed == settings.seed) for seed in seeds]
+    return out
 
 
 def describe(settings: GenerationSettings) -> str:
@@ -225,29 +223,29 @@ def describe(settings: GenerationSettings) -> str:
 # The figures
 
 
-def teaser_figure(pairs: Sequence[Pair], images: torch.Tensor, settings: GenerationSettings, size: int, model_name: str) -> Figure:
-    """One column per condition: the mask, the caption, then the collaborative samples (``images`` [P*k, 3, H, W])."""
-    k = settings.samples
+def teaser_figure(pairs: Sequence[Pair], samples: Sequence[torch.Tensor], settings: GenerationSettings, size: int,
+                  model_name: str) -> Figure:
+    """One column per condition: the mask, the caption, then one collaborative sample per seed (``samples``: one
+    ``[P, 3, H, W]`` batch per seed)."""
     strip = min(text_height([p.text for p in pairs], size), size)  # the captions as a strip under the masks
     rows = [[mask_panel(p.seg_mask) for p in pairs], [text_panel(p.text, size, strip) for p in pairs]]
-    rows += [[to_uint8(images[i * k + j]) for i in range(len(pairs))] for j in range(k)]
-    smooth = {(0, c): False for c in range(len(pairs))}
+    rows += [[to_uint8(image) for image in batch] for batch in samples]
     return panel_grid(
-        rows, size=size, smooth=smooth, row_heights=[None, strip] + [None] * k,
+        rows, size=size, smooth={(0, c): False for c in range(len(pairs))}, row_heights=[None, strip] + [None] * len(samples),
         title=f"Collaborative Diffusion: mask + caption -> face ({model_name})",
         column_labels=[f"condition {p.name}" for p in pairs],
-        row_labels=["mask condition", "text condition"] + [f"collaborative, sample {j + 1}" for j in range(k)],
-        footnote=f"Each column: one (mask, caption) condition and the collaborative sampler's samples for it; the "
-                 f"sample rows differ only in x_T and the sampler noise. {describe(settings)}.",
+        row_labels=["mask condition", "text condition"] + [f"collaborative, seed {settings.seed + j}" for j in range(len(samples))],
+        footnote=f"Each column: one (mask, caption) condition and the collaborative sampler's samples for it, one row "
+                 f"per seed of x_T and the sampler noise. {describe(settings)}.",
     )
 
 
 def comparison_figure(pairs: Sequence[Pair], by_method: Mapping[str, torch.Tensor], settings: GenerationSettings,
                       size: int, model_name: str) -> Figure:
-    """One row per condition: mask, caption, then each method's first sample from the same x_T and noise."""
-    k = settings.samples
+    """One row per condition: mask, caption, then each method's sample (``by_method``: ``[P, 3, H, W]`` each, from
+    the same seed)."""
     methods = list(by_method)
-    rows = [[mask_panel(p.seg_mask), text_panel(p.text, size)] + [to_uint8(by_method[m][i * k]) for m in methods]
+    rows = [[mask_panel(p.seg_mask), text_panel(p.text, size)] + [to_uint8(by_method[m][i]) for m in methods]
             for i, p in enumerate(pairs)]
     return panel_grid(
         rows, size=size, smooth={(r, 0): False for r in range(len(pairs))}, column_gaps=(1,),
@@ -256,7 +254,7 @@ def comparison_figure(pairs: Sequence[Pair], by_method: Mapping[str, torch.Tenso
         row_labels=[f"condition {p.name}" for p in pairs],
         x_label_columns=(2, 1 + len(methods)), x_label="method (each row: the same x_T and sampler noise for every method)",
         footnote=f"composable: the experts' noise predictions with equal global weights; text only / mask only: one "
-                 f"expert with its own condition. The collaborative sample is the teaser's sample 1. {describe(settings)}.",
+                 f"expert with its own condition. {describe(settings)}.",
     )
 
 

@@ -31,7 +31,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ from ldm.pipeline import load_model  # noqa: E402
 
 logger = logging.getLogger("figures")
 FACEWORLD = Path("checkpoints/faceworld")
-FIGURE_ALPHAS = "0,0.25,0.5,0.75,1,1.25,1.5"
+FIGURE_ALPHAS = "0,0.5,1,1.5,2"
 
 
 def parse(argv):
@@ -70,7 +70,7 @@ def parse(argv):
     p.add_argument("--faceworld-seed", type=int, default=None, help="FaceWorld seed without --data (default: recipe.json, else 0)")
     p.add_argument("--faceworld-num", type=int, default=None, help="FaceWorld size without --data (default: recipe.json, else 10000)")
     p.add_argument("--pairs", type=int, default=4, help="(mask, caption) conditions in the teaser and the comparison")
-    p.add_argument("--samples", type=int, default=2, help="collaborative samples per condition in the teaser")
+    p.add_argument("--samples", type=int, default=2, help="collaborative samples per condition in the teaser (seeds --seed, --seed + 1, ...)")
     p.add_argument("--influence-steps", type=int, default=10, help="timesteps shown in the influence figures")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler noise (and of the edits)")
     add_sampler_arguments(p)
@@ -78,8 +78,8 @@ def parse(argv):
     p.add_argument("--edit-image", default=None, help="face to edit (with --edit-text and --edit-mask)")
     p.add_argument("--edit-text", default=None, help="target caption of the edit")
     p.add_argument("--edit-mask", default=None, help="target mask PNG of the edit")
-    p.add_argument("--embed-steps", type=int, default=100, help="edit stage A steps (released: 500)")
-    p.add_argument("--finetune-steps", type=int, default=100, help="edit stage B steps (released: 1000)")
+    p.add_argument("--embed-steps", type=int, default=50, help="edit stage A steps (released: 500)")
+    p.add_argument("--finetune-steps", type=int, default=50, help="edit stage B steps (released: 1000)")
     p.add_argument("--embed-lr", type=float, default=1e-3, help="edit stage A learning rate (released: 1e-3)")
     p.add_argument("--finetune-lr", type=float, default=1e-4,
                    help="edit stage B learning rate (released: 1e-6 for the 403.6M experts; small experts need more)")
@@ -181,21 +181,19 @@ def main(argv=None):
     figures = {}
     if {"teaser", "comparison", "influence"} & set(only):
         methods = pf.METHODS if "comparison" in only else ("collaborative",)
-        results = pf.sample_methods(model, pairs, settings, methods)
-        logger.info("sampled %d conditions x %d with %s (%.0f s)", len(pairs), args.samples, ", ".join(methods), time.time() - start)
-        collaborative = results["collaborative"]
+        results = pf.sample_methods(model, pairs, settings if "teaser" in only else replace(settings, samples=1), methods)
+        logger.info("sampled %d conditions with %s (%.0f s)", len(pairs), ", ".join(methods), time.time() - start)
+        collaborative = results["collaborative"][0]  # from --seed, with its trace
         if "teaser" in only:
-            figures["teaser"] = pf.teaser_figure(pairs, collaborative.images, settings, size, model_name)
+            figures["teaser"] = pf.teaser_figure(pairs, [r.images for r in results["collaborative"]], settings, size, model_name)
         if "comparison" in only:
-            figures["comparison"] = pf.comparison_figure(pairs, {m: r.images for m, r in results.items()}, settings, size, model_name)
+            figures["comparison"] = pf.comparison_figure(pairs, {m: r[0].images for m, r in results.items()}, settings, size, model_name)
         if "influence" in only:
             decode = lambda z: model.decode_latents(z.to(model.device)).float().cpu()  # noqa: E731
-            for letter, paper in zip("ab", ("Fig. A4", "Fig. A5")):
-                i = "ab".index(letter)
+            for i, (letter, paper) in enumerate(zip("ab", ("supplementary Fig. A4", "supplementary Fig. A5"))):
                 if i < len(pairs):
                     figures[f"influence_{letter}"] = pf.influence_figure(
-                        pairs[i], collaborative.trace, i * args.samples, collaborative.images[i * args.samples], decode,
-                        settings, size, model_name, paper)
+                        pairs[i], collaborative.trace, i, collaborative.images[i], decode, settings, size, model_name, paper)
     if "editing" in only:
         if args.edit_image is not None:
             path = existing_file(args.edit_image, "image", "--edit-image")

@@ -55,7 +55,7 @@ def test_every_figure_written_with_its_layout(figures):
             caption_strip = name == "teaser" and key.startswith("1,")
             assert w == SIZE and (h == SIZE or caption_strip and 0 < h <= SIZE) and left >= 0 and top >= 0
             assert left + w <= image.shape[1] and top + h <= image.shape[0]
-    assert m["teaser"]["rows"] == ["mask condition", "text condition", "collaborative, sample 1", "collaborative, sample 2"]
+    assert m["teaser"]["rows"] == ["mask condition", "text condition", "collaborative, seed 0", "collaborative, seed 1"]
     assert len(m["teaser"]["columns"]) == 3 and len(m["teaser"]["panels"]) == 4 * 3
     assert m["comparison"]["columns"] == ["mask condition", "text condition", "collaborative (ours)", "composable",
                                           "text only", "mask only"]
