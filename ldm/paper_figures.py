@@ -35,9 +35,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+from omegaconf import OmegaConf
 from PIL import Image
 
 from ldm.checkpoints import atomic_write_bytes
+from ldm.config import load_config
 from ldm.data import faceworld
 from ldm.data.celeba import PreprocessedFaces, read_meta
 from ldm.data.masks import colorize, index_mask_to_onehot, load_mask_condition, onehot_to_index
@@ -335,6 +337,26 @@ def editing_figure(edit: EditInput, results: Mapping[str, EditResult], options: 
 
 # ------------------------------------------------------------------------------------------------
 # Provenance and writing
+
+
+def weight_files(config: str | Path, ckpt: str | Path, overrides: Sequence[str] = ()) -> list[Path]:
+    """``ckpt`` and every existing weight file ``config`` names (the ``ckpt`` values of its model tree, e.g. the
+    experts and the VAE a partial checkpoint takes from their own files)."""
+    found = [Path(ckpt)]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "ckpt" and isinstance(value, str) and Path(value).is_file():
+                    found.append(Path(value))
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(OmegaConf.to_container(load_config(config, overrides).model, resolve=True))
+    return found
 
 
 def weights_digest(files: Sequence[str | Path]) -> str:

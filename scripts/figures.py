@@ -122,27 +122,6 @@ def faceworld_world(args) -> tuple[int, int]:
     return seed, num
 
 
-def weight_files(args) -> list[Path]:
-    """The checkpoint and every existing weight file the config names (``ckpt`` keys of its model tree)."""
-    found = [Path(args.ckpt)]
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "ckpt" and isinstance(value, str) and Path(value).is_file():
-                    found.append(Path(value))
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    from omegaconf import OmegaConf
-
-    walk(OmegaConf.to_container(load_config(args.config, args.overrides).model, resolve=True))
-    return found
-
-
 @main_guard
 def main(argv=None):
     args = parse(argv)
@@ -203,7 +182,7 @@ def main(argv=None):
             edit = pf.dataset_edit_input(args.data, resolution, pairs)
         else:
             edit = pf.faceworld_edit_input(*faceworld_world(args), resolution)
-        weights = pf.weights_digest(weight_files(args))
+        weights = pf.weights_digest(pf.weight_files(args.config, args.ckpt, args.overrides))
         key = pf.edit_run_key(edit, edit_options, weights)
         runs = writable_dir(args.edit_runs)
         run_dirs = {mode: runs / f"{edit.name}_{mode}_{key}" for mode in pf.EDIT_ROWS}

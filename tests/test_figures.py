@@ -189,3 +189,18 @@ def test_wrap_and_selected_steps():
     assert len(lines) > 1 and " ".join(lines) == "This man has beard of medium length. He is in his thirties."
     assert selected_steps(50, 10)[0] == 0 and selected_steps(50, 10)[-1] == 49 and len(selected_steps(50, 10)) == 10
     assert selected_steps(4, 10) == [0, 1, 2, 3]
+
+
+def test_edit_runs_are_named_by_the_weights(tiny_chain, tmp_path):
+    from ldm.paper_figures import weight_files, weights_digest
+
+    files = weight_files("configs/tiny/codiff.yaml", tiny_chain["ckpt"]["codiff"], tiny_chain["overrides"])
+    assert set(files) == set(tiny_chain["ckpt"].values())  # the checkpoint and the experts and VAE it names
+    copy = tmp_path / "weights.ckpt"
+    copy.write_bytes(tiny_chain["ckpt"]["vae"].read_bytes())
+    before = weights_digest([copy])
+    assert weights_digest([copy]) == before
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 1  # a retrained model: new run directories
+    copy.write_bytes(bytes(data))
+    assert weights_digest([copy]) != before
