@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from ldm.checkpoints import atomic_torch_save
+from ldm.fileio import atomic_torch_save
 from ldm.config import save_config
 from ldm.errors import UserError
 

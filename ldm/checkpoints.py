@@ -1,4 +1,4 @@
-"""Reading and writing checkpoints: atomic files, safe loading, strict key matching, released layouts.
+"""Checkpoints: reading any kind, strict key matching, released layouts, pre-trained parts of configs.
 
 Three file kinds are read the same way by :func:`load_state_dict`:
 
@@ -6,10 +6,9 @@ Three file kinds are read the same way by :func:`load_state_dict`:
 * plain ``torch.save`` ``.pt``/``.pth`` state dicts;
 * ``.safetensors`` files (what ``scripts/convert_checkpoint.py`` writes and what we ship).
 
-Loading uses ``torch.load(weights_only=True)`` (PyTorch >= 2.6's default). Some older Lightning files
-also pickle hyper-parameter objects (e.g. OmegaConf containers) that ``weights_only`` refuses; for those a
-restricted unpickler rebuilds tensors only and replaces every other object by an inert placeholder, so
-no code from the file is ever run.
+Loading goes through :func:`ldm.fileio.safe_torch_load` (``weights_only``, and a restricted unpickler for
+older Lightning files that also pickle hyper-parameter objects), writing through :mod:`ldm.fileio`'s
+atomic writers, so no code from a file is ever run and no partial file is ever left.
 
 **Layouts.** The authors' released checkpoints name modules differently from this package only in their
 top-level prefixes (see ``docs/architecture.md``); :func:`to_native` and :func:`to_released` map between
@@ -19,12 +18,8 @@ the text encoder already uses the released names.
 
 from __future__ import annotations
 
-import io
 import logging
-import os
-import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -34,6 +29,7 @@ import torch.nn as nn
 from ldm.config import instantiate, load_config, loads_weights
 from ldm.diffusion.schedule import RELEASED_BUFFER_NAMES
 from ldm.errors import CheckpointError, ConfigError
+from ldm.fileio import atomic_torch_save, safe_torch_load, save_safetensors
 
 logger = logging.getLogger(__name__)
 
@@ -67,116 +63,6 @@ for _m in COLLABORATIVE_MODALITIES:
 IGNORED_RELEASED_KEYS = re.compile(r"^(model_ema\.|logvar$|.*\.num_batches_tracked_unused$)")
 
 
-# --------------------------------------------------------------------------------------------------
-# Writing
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Optional[dict] = None) -> None:
-    """Save a state dict as safetensors (contiguous CPU copies; shared storage is cloned), atomically."""
-    from safetensors.torch import save
-
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    atomic_write_bytes(path, save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading
-
-
-class _Inert:
-    """Stands in for any non-tensor object found in a checkpoint pickle; runs no code."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __call__(self, *args: Any, **kwargs: Any) -> "_Inert":
-        return _Inert()
-
-
-_SAFE_GLOBALS = {
-    ("collections", "OrderedDict"),
-    ("collections", "defaultdict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("builtins", "slice"),
-    ("builtins", "complex"),
-    ("torch", "Size"),
-    ("torch", "device"),
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("torch.nn.parameter", "Parameter"),
-    ("torch._tensor", "_rebuild_from_type_v2"),
-    ("torch", "Tensor"),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    dropped: set[str] = set()
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _SAFE_GLOBALS:
-            return super().find_class(module, name)
-        # Storage classes and dtypes only: torch also holds functions such as set_default_dtype.
-        if module == "torch" and name.endswith("Storage") and isinstance(getattr(torch, name, None), type):
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return super().find_class(module, name)
-        _RestrictedUnpickler.dropped.add(f"{module}.{name}")
-        return _Inert
-
-
-class _RestrictedPickleModule:
-    Unpickler = _RestrictedUnpickler
-    load = pickle.load
-    __name__ = "ldm_restricted_pickle"
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    _RestrictedUnpickler.dropped = set()
-    obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-    if _RestrictedUnpickler.dropped:
-        logger.info("%s: ignored non-tensor objects %s", path, sorted(_RestrictedUnpickler.dropped)[:8])
-    return obj
-
-
 def load_state_dict(path: str | Path, ema: bool = True) -> dict[str, torch.Tensor]:
     """Read the tensors of a checkpoint file (any of the three kinds). Raises CheckpointError.
 
@@ -191,7 +77,7 @@ def load_state_dict(path: str | Path, ema: bool = True) -> dict[str, torch.Tenso
             from safetensors.torch import load_file
 
             return dict(load_file(str(path)))
-        obj = _torch_load(path)
+        obj = safe_torch_load(path)
     except CheckpointError:
         raise
     except Exception as err:  # truncated zip, bad header, not a checkpoint at all

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ldm.errors import ConfigError
+from ldm.fileio import atomic_write_bytes
 
 NODE_KEYS = {"target", "params"}
 
@@ -164,8 +165,6 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from ldm.checkpoints import atomic_write_bytes
-
     text = OmegaConf.to_yaml(cfg, resolve=True)
     atomic_write_bytes(Path(path), text.encode())
 

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ldm.checkpoints import atomic_write_bytes
+from ldm.fileio import atomic_write_bytes
 from ldm.errors import UserError
 
 logger = logging.getLogger(__name__)

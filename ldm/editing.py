@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,12 +44,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ldm.checkpoints import atomic_write_bytes, load_state_dict, load_strict, save_safetensors
+from ldm import seeding
+from ldm.checkpoints import load_state_dict, load_strict
 from ldm.data.celeba import image_to_tensor
 from ldm.diffusion.collaborative import CollaborativeOptions
 from ldm.diffusion.samplers import SamplerOptions, get_sampler
 from ldm.diffusion.schedule import NoiseSchedule
 from ldm.errors import UserError
+from ldm.fileio import atomic_write_bytes, save_safetensors
 from ldm.figures import GRID_TILE, condition_tiles
 from ldm.images import grid, resize_nearest, save_png, to_uint8
 from ldm.modules.expert import Expert
@@ -326,7 +327,7 @@ def edit_provenance(config: str, overrides: Sequence[str], ckpt: str | Path, mod
 def stage_generator(seed: int, modality: str, stage: str) -> torch.Generator:
     """The CPU generator of one stage, a function of (seed, modality, stage) only: a modality's stages draw the
     same t and ε whether it is edited alone or as part of a collaborative edit."""
-    return torch.Generator().manual_seed(zlib.crc32(f"{seed}/{modality}/{stage}".encode()))
+    return seeding.generator(seed, "edit-stage", modality, stage)
 
 
 def alpha_image_name(index: int, alpha: float) -> str:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ldm.checkpoints import atomic_write_bytes
+from ldm.fileio import atomic_write_bytes
 from ldm.config import load_config
 from ldm.data.celeba import image_to_tensor
 from ldm.data.masks import colorize, save_index_png

@@ -32,12 +32,13 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ldm.checkpoints import atomic_write_bytes, convert_file, load_state_dict, pretrained, save_safetensors
+from ldm.checkpoints import convert_file, load_state_dict, pretrained
 from ldm.config import load_config, save_config
 from ldm.data.celeba import PreprocessedFaces
 from ldm.data.faceworld import LATEST_VERSION as FACEWORLD_VERSION
 from ldm.data.faceworld import make_faceworld
 from ldm.errors import UserError
+from ldm.fileio import atomic_write_bytes, safe_torch_load, save_safetensors
 from ldm.training import LaunchOptions, train
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 CONFIGS = Path("configs/faceworld")
 MODELS = ("vae", "text", "mask", "codiff", "parser", "classifier")
 RESOLUTION = 64
-ACCURACY_BAR = 0.95  # below this on real test images an evaluator's metrics are meaningless
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Recipe:
         cfg = load_config(CONFIGS / f"{name}.yaml", self.overrides(name))
         run_dir = self.runs / name
         resume = "last" if self.ckpt(name).is_file() else None
-        first_step = int(torch.load(self.ckpt(name), map_location="cpu", weights_only=False)["global_step"]) if resume else 0
+        first_step = int(safe_torch_load(self.ckpt(name))["global_step"]) if resume else 0
         start = time.time()
         train(cfg, name, LaunchOptions(accelerator=self.o.accelerator, devices="1", resume=resume, run_dir=str(run_dir)))
         seconds = time.time() - start
@@ -174,7 +174,7 @@ class Recipe:
     def stage_accuracy(self) -> None:
         if self.record("accuracy"):
             return
-        from ldm.models.evaluators import classifier_accuracy, parser_pixel_accuracy
+        from ldm.evaluation.evaluators import ACCURACY_FLOOR, classifier_accuracy, parser_pixel_accuracy
 
         parser = pretrained(str(CONFIGS / "parser.yaml"), "parser", str(self.ckpt("parser"))).eval()
         classifier = pretrained(str(CONFIGS / "classifier.yaml"), "classifier", str(self.ckpt("classifier"))).eval()
@@ -188,10 +188,10 @@ class Recipe:
             "classifier_accuracy": {k: round(v, 4) for k, v in classifier_accuracy(classifier, loader).items()},
         }
         self.finish("accuracy", info)
-        low = {k: v for k, v in {"parser": info["parser_pixel_accuracy_32"], **info["classifier_accuracy"]}.items() if v < ACCURACY_BAR}
+        low = {k: v for k, v in {"parser": info["parser_pixel_accuracy_32"], **info["classifier_accuracy"]}.items() if v < ACCURACY_FLOOR}
         if low:
             logger.warning("evaluator accuracy under %.0f%% on real test images: %s; the evaluation metrics that use them "
-                           "are not trustworthy (train the evaluators longer)", 100 * ACCURACY_BAR, low)
+                           "are not trustworthy (train the evaluators longer)", 100 * ACCURACY_FLOOR, low)
         print(f"evaluator accuracy on {len(test)} real FaceWorld test images: parser pixel accuracy (32x32) "
               f"{info['parser_pixel_accuracy_32']:.4f}; classifier {info['classifier_accuracy']}", flush=True)
 

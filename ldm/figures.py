@@ -8,7 +8,7 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 import torch
 
-from ldm.checkpoints import atomic_torch_save
+from ldm.fileio import atomic_torch_save
 from ldm.data.masks import colorize, onehot_to_index
 from ldm.images import grid, save_png, text_tile, to_uint8, unit_to_uint8
 from ldm.pipeline import Trace

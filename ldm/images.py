@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ldm.checkpoints import atomic_write_bytes
+from ldm.fileio import atomic_write_bytes
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

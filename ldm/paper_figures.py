@@ -38,7 +38,7 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ldm.checkpoints import atomic_write_bytes
+from ldm.fileio import atomic_write_bytes
 from ldm.config import load_config
 from ldm.data import faceworld
 from ldm.data.celeba import PreprocessedFaces, read_meta

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ldm import seeding
 from ldm.callbacks import EMA, AtomicCheckpointIO, LearningRateSchedule, ExactResume, LogLearningRate, SaveConfig, SaveFinalState, StopOnNonFiniteLoss
 from ldm.checkpoints import load_state_dict
 from ldm.config import instantiate, train_settings
@@ -71,7 +72,7 @@ class StepBatchSampler(Sampler[list[int]]):
         return self.total_batches
 
     def _permutation(self, pass_index: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + pass_index)
+        generator = seeding.generator(self.seed, "data-pass", pass_index)
         return torch.randperm(self.num_samples, generator=generator)
 
     def __iter__(self) -> Iterator[list[int]]:

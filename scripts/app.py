@@ -24,12 +24,10 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry; the app works offline
 
-from ldm.cli import existing_file, main_guard, make_parser, setup_logging, writable_dir  # noqa: E402
-from ldm.errors import UserError  # noqa: E402
+from ldm.cli import existing_file, main_guard, make_parser, setup_logging, writable_dir
+from ldm.errors import UserError
 
 logger = logging.getLogger("app")
 FACEWORLD = Path("checkpoints/faceworld")

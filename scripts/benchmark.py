@@ -29,12 +29,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.benchmark import BenchmarkSettings, benchmark, format_report  # noqa: E402
-from ldm.cli import main_guard, make_parser, setup_logging  # noqa: E402
-from ldm.errors import UserError  # noqa: E402
-from ldm.speed import SpeedOptions  # noqa: E402
+from ldm.benchmark import BenchmarkSettings, benchmark, format_report
+from ldm.cli import main_guard, make_parser, setup_logging
+from ldm.errors import UserError
+from ldm.speed import SpeedOptions
 
 
 def parse(argv):

@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import shlex
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import main_guard, make_parser  # noqa: E402
-from ldm.evaluation.sampler_comparison import compare, load_run, markdown, write_block  # noqa: E402
+from ldm.cli import main_guard, make_parser
+from ldm.evaluation.sampler_comparison import compare, load_run, markdown, write_block
 
 
 @main_guard

@@ -13,12 +13,9 @@ Examples:
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.checkpoints import convert_file  # noqa: E402
-from ldm.cli import main_guard, make_parser, setup_logging  # noqa: E402
+from ldm.checkpoints import convert_file
+from ldm.cli import main_guard, make_parser, setup_logging
 
 
 @main_guard

@@ -22,21 +22,19 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from ldm.cli import add_sampler_arguments, main_guard, make_parser, sampler_options, setup_logging, writable_dir  # noqa: E402
-from ldm.config import load_config  # noqa: E402
-from ldm.data.celeba import PreprocessedFaces  # noqa: E402
-from ldm.data.faceworld import make_faceworld  # noqa: E402
-from ldm.diffusion.collaborative import CollaborativeOptions  # noqa: E402
-from ldm.diffusion.samplers import RECOMMENDED  # noqa: E402
-from ldm.figures import condition_tiles, write_comparison  # noqa: E402
-from ldm.images import grid, save_png, to_uint8  # noqa: E402
-from ldm.paper_figures import faceworld_pairs  # noqa: E402
-from ldm.pipeline import load_model  # noqa: E402
-from ldm.training import LaunchOptions, train  # noqa: E402
+from ldm.cli import add_sampler_arguments, main_guard, make_parser, sampler_options, setup_logging, writable_dir
+from ldm.config import load_config
+from ldm.data.celeba import PreprocessedFaces
+from ldm.data.faceworld import make_faceworld
+from ldm.diffusion.collaborative import CollaborativeOptions
+from ldm.diffusion.samplers import RECOMMENDED
+from ldm.figures import condition_tiles, write_comparison
+from ldm.images import grid, save_png, to_uint8
+from ldm.paper_figures import faceworld_pairs
+from ldm.pipeline import load_model
+from ldm.training import LaunchOptions, train
 
 logger = logging.getLogger("demo")
 CHAIN = ("vae", "text", "mask", "codiff")

@@ -31,9 +31,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import (  # noqa: E402
+from ldm.cli import (
     add_sampler_arguments,
     existing_file,
     main_guard,
@@ -42,10 +40,10 @@ from ldm.cli import (  # noqa: E402
     setup_logging,
     writable_dir,
 )
-from ldm.config import load_config, sample_settings  # noqa: E402
-from ldm.data.celeba import read_image  # noqa: E402
-from ldm.data.masks import load_mask_condition  # noqa: E402
-from ldm.editing import (  # noqa: E402
+from ldm.config import load_config, sample_settings
+from ldm.data.celeba import read_image
+from ldm.data.masks import load_mask_condition
+from ldm.editing import (
     COLLABORATIVE_ALPHAS,
     MODES,
     UNIMODAL_ALPHAS,
@@ -55,8 +53,8 @@ from ldm.editing import (  # noqa: E402
     parse_alphas,
     run_edit,
 )
-from ldm.errors import UserError  # noqa: E402
-from ldm.pipeline import load_model  # noqa: E402
+from ldm.errors import UserError
+from ldm.pipeline import load_model
 
 logger = logging.getLogger("edit")
 

@@ -19,18 +19,15 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import existing_file, main_guard, make_parser, setup_logging, writable_dir  # noqa: E402
-from ldm.editing import EditOptions, parse_alphas  # noqa: E402
-from ldm.errors import CheckpointError, UserError  # noqa: E402
-from ldm.evaluation.editing import EDIT_MODES, evaluate_edits, faceworld_cases, markdown_table, write_results  # noqa: E402
-from ldm.evaluation.evaluators import load_evaluator  # noqa: E402
-from ldm.pipeline import load_model  # noqa: E402
+from ldm.cli import existing_file, main_guard, make_parser, setup_logging, writable_dir
+from ldm.editing import EditOptions, parse_alphas
+from ldm.errors import CheckpointError, UserError
+from ldm.evaluation.editing import EDIT_MODES, evaluate_edits, faceworld_cases, markdown_table, write_results
+from ldm.evaluation.evaluators import load_evaluator
+from ldm.pipeline import load_model
 
 logger = logging.getLogger("evaluate_editing")
 

@@ -36,10 +36,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm import paper_figures as pf  # noqa: E402
-from ldm.cli import (  # noqa: E402
+from ldm import paper_figures as pf
+from ldm.cli import (
     add_sampler_arguments,
     existing_file,
     main_guard,
@@ -48,12 +46,12 @@ from ldm.cli import (  # noqa: E402
     setup_logging,
     writable_dir,
 )
-from ldm.config import load_config, sample_settings  # noqa: E402
-from ldm.data.celeba import read_image  # noqa: E402
-from ldm.editing import EditOptions, fit_to_resolution, parse_alphas  # noqa: E402
-from ldm.errors import UserError  # noqa: E402
-from ldm.evaluation.editing import run_edit_modes  # noqa: E402
-from ldm.pipeline import load_model  # noqa: E402
+from ldm.config import load_config, sample_settings
+from ldm.data.celeba import read_image
+from ldm.editing import EditOptions, fit_to_resolution, parse_alphas
+from ldm.errors import UserError
+from ldm.evaluation.editing import run_edit_modes
+from ldm.pipeline import load_model
 
 logger = logging.getLogger("figures")
 FACEWORLD = Path("checkpoints/faceworld")

@@ -41,10 +41,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm import distributed  # noqa: E402
-from ldm.cli import (  # noqa: E402
+from ldm import distributed
+from ldm.cli import (
     add_sampler_arguments,
     existing_file,
     main_guard,
@@ -53,14 +51,14 @@ from ldm.cli import (  # noqa: E402
     setup_logging,
     writable_dir,
 )
-from ldm.config import load_config, sample_settings  # noqa: E402
-from ldm.data.masks import load_mask_condition  # noqa: E402
-from ldm.diffusion.collaborative import CollaborativeOptions  # noqa: E402
-from ldm.errors import UserError  # noqa: E402
-from ldm.figures import GRID_TILE, condition_tiles, write_comparison  # noqa: E402
-from ldm.images import grid, save_png  # noqa: E402
-from ldm.pipeline import load_model  # noqa: E402
-from ldm.speed import SpeedOptions  # noqa: E402
+from ldm.config import load_config, sample_settings
+from ldm.data.masks import load_mask_condition
+from ldm.diffusion.collaborative import CollaborativeOptions
+from ldm.errors import UserError
+from ldm.figures import GRID_TILE, condition_tiles, write_comparison
+from ldm.images import grid, save_png
+from ldm.pipeline import load_model
+from ldm.speed import SpeedOptions
 
 logger = logging.getLogger("generate")
 

@@ -19,15 +19,12 @@ Examples:
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import existing_file, main_guard, make_parser  # noqa: E402
-from ldm.errors import UserError  # noqa: E402
-from ldm.face_parsing import DEFAULT_PARSER, OUTPUT_SIZE, load_face_parser, parse_face, read_photo, write_parsed_mask  # noqa: E402
+from ldm.cli import existing_file, main_guard, make_parser
+from ldm.errors import UserError
+from ldm.face_parsing import DEFAULT_PARSER, OUTPUT_SIZE, load_face_parser, parse_face, read_photo, write_parsed_mask
 
 
 def parse(argv):

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import main_guard, make_parser, setup_logging, writable_dir  # noqa: E402
+from ldm.cli import main_guard, make_parser, setup_logging, writable_dir
 
 
 def build_parser():

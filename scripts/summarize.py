@@ -10,13 +10,10 @@ Examples:
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import main_guard, make_parser  # noqa: E402
-from ldm.config import load_config  # noqa: E402
-from ldm.summary import summarize  # noqa: E402
+from ldm.cli import main_guard, make_parser
+from ldm.config import load_config
+from ldm.summary import summarize
 
 
 @main_guard

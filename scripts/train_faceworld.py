@@ -15,9 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import main_guard, make_parser, setup_logging  # noqa: E402
+from ldm.cli import main_guard, make_parser, setup_logging
 
 
 @main_guard

@@ -7,12 +7,9 @@ Examples:
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import main_guard  # noqa: E402
-from ldm.training import main_for  # noqa: E402
+from ldm.cli import main_guard
+from ldm.training import main_for
 
 main = main_guard(lambda argv=None: main_for(argv, __doc__))
 

@@ -13,12 +13,9 @@ Examples:
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ldm.cli import main_guard, make_parser  # noqa: E402
-from ldm.errors import UserError  # noqa: E402
+from ldm.cli import main_guard, make_parser
+from ldm.errors import UserError
 
 
 @main_guard

@@ -11,18 +11,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ldm import checkpoints as ckpt
-from ldm.checkpoints import (
-    SCHEDULE_BUFFERS,
-    atomic_torch_save,
-    atomic_write_bytes,
-    detect_kind,
-    load_checkpoint_into,
-    load_state_dict,
-    load_strict,
-    save_safetensors,
-    to_native,
-    to_released,
-)
+from ldm import fileio
+from ldm.checkpoints import SCHEDULE_BUFFERS, detect_kind, load_checkpoint_into, load_state_dict, load_strict, to_native, to_released
+from ldm.fileio import atomic_torch_save, atomic_write_bytes, save_safetensors
 from ldm.diffusion.schedule import NoiseSchedule
 from ldm.errors import CheckpointError, UserError
 from ldm.modules.autoencoder import AutoencoderKL
@@ -122,7 +113,7 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.os, "replace", failing_replace)
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ldm.checkpoints import load_state_dict, save_safetensors
+from ldm.checkpoints import load_state_dict
+from ldm.fileio import save_safetensors
 from ldm.config import instantiate, load_config
 from ldm.data.celeba import read_image
 from ldm.diffusion.schedule import NoiseSchedule

@@ -115,7 +115,8 @@ def test_shards_cover_every_unit_exactly_once():
 
 def test_batch_seed_known_values():
     """The noise seed of a global batch is the same on every numpy release (no uint64 arithmetic)."""
-    batch_seed = script("evaluate").batch_seed
+    from ldm.seeding import batch_seed
+
     assert batch_seed(0, 0) == 7896617691693857887
     assert batch_seed(1234, 7) == 6572324068835722780
     assert batch_seed(1234, 8) != batch_seed(1234, 7)
@@ -283,7 +284,7 @@ def test_missing_real_data_weights_say_which_file(load, arg, flag, name):
 @pytest.fixture(scope="module")
 def chain(tiny_chain):
     """The session's tiny chain plus random tiny evaluators (safetensors + yaml)."""
-    from ldm.checkpoints import save_safetensors
+    from ldm.fileio import save_safetensors
     from ldm.modules.attribute_classifier import AttributeClassifier
     from ldm.modules.face_parser import FaceParser
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ldm.config import instantiate, load_config
 from ldm.data import faceworld as fw
-from ldm.models.evaluators import classifier_accuracy, parser_pixel_accuracy, to_condition_grid
+from ldm.evaluation.evaluators import classifier_accuracy, parser_pixel_accuracy, to_condition_grid
 from ldm.modules.attribute_classifier import AttributeClassifier
 from ldm.modules.face_parser import FaceParser
 from ldm.training import LaunchOptions, train
@@ -54,6 +54,32 @@ def test_accuracy_helpers_on_exact_predictions():
     assert parser_pixel_accuracy(Oracle(batches), batches) == 1.0
     batches = [{"image": torch.zeros(2, 3, 64, 64), "labels": {"age": torch.tensor([0, 4]), "beard": torch.tensor([3, 0])}}]
     assert classifier_accuracy(Oracle(batches), batches) == {"age": 1.0, "beard": 1.0}
+
+
+@pytest.mark.parametrize("size", [32, 33, 63, 64, 100, 128, 256, 512])
+def test_the_condition_grid_is_the_pil_nearest_resize_of_the_data_pipeline(size):
+    """One resize path for every mask accuracy: the torch resize picks exactly the pixels of the PIL nearest
+    resize that made the 32x32 conditions (masks.index_mask_to_onehot), at every size."""
+    import numpy as np
+
+    from ldm.data import masks
+
+    index = torch.randint(0, 19, (3, size, size), generator=torch.Generator().manual_seed(size))
+    pil = torch.stack([masks.onehot_to_index(masks.index_mask_to_onehot(m.numpy().astype(np.uint8))) for m in index])
+    assert torch.equal(to_condition_grid(index), pil)
+
+
+def test_pooled_parser_accuracy_is_the_exact_pixel_fraction():
+    target = torch.randint(0, 19, (5, 64, 64), generator=torch.Generator().manual_seed(0))
+    noisy = torch.where(torch.rand(5, 64, 64, generator=torch.Generator().manual_seed(1)) < 0.3, 0, target)
+    batches = [{"image": torch.zeros(5, 3, 64, 64), "index_mask": target}]
+
+    class Noisy(torch.nn.Module):
+        def forward(self, images):
+            return F.one_hot(noisy, 19).permute(0, 3, 1, 2).float()
+
+    correct = int((to_condition_grid(noisy) == to_condition_grid(target)).sum())
+    assert parser_pixel_accuracy(Noisy(), batches) == correct / (5 * 32 * 32)
 
 
 @pytest.mark.parametrize("name", ["parser", "classifier"])

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from ldm.checkpoints import save_safetensors
+from ldm.fileio import save_safetensors
 from ldm.evaluation.vae_ceiling import ceiling_scores
 
 from conftest import script

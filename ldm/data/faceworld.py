@@ -76,10 +76,11 @@ from tqdm import tqdm
 from ldm.data import celeba, masks
 from ldm.data.prepare import atomic_write, encode_index_png, encode_jpeg, encode_tensor
 from ldm.errors import DataError
+from ldm.seeding import numpy_rng
 
 logger = logging.getLogger(__name__)
 
-LABELS_FILE = "labels.json"
+LABELS_FILE = celeba.LABELS_FILE  # one name for the labels file (the dataset reads it)
 # Versions of the renderer (stored in meta.json; the factors, captions and masks are the same in all):
 # 1 drew the caption cues at pixel scale, 2 draws them at a scale the VAE's 16x16 latent grid keeps.
 VERSIONS = (1, 2)
@@ -140,7 +141,7 @@ class FaceFactors:
 
 
 def _sample_rng(seed: int, index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, stream)))
+    return numpy_rng(seed, index, stream)
 
 
 def sample_factors(seed: int, index: int) -> FaceFactors:

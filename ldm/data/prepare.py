@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ldm.data import celeba, masks
 from ldm.errors import DataError
+from ldm.fileio import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +37,10 @@ JPEG_QUALITY = 95
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """:func:`ldm.fileio.atomic_write_bytes`, with a write failure reported as a one-line DataError."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"{path}: cannot write ({err.strerror or err}); check the output folder") from None
 
 

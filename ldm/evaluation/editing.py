@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ldm.checkpoints import atomic_write_bytes
+from ldm.fileio import atomic_write_bytes
 from ldm.data import faceworld, masks
 from ldm.data.celeba import image_to_tensor, read_image, read_meta, split_names
 from ldm.editing import MODES, EditOptions, EditResult, run_edit

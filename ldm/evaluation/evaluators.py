@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -92,3 +92,39 @@ def label_tensors(labels: Mapping[str, Mapping], names: Sequence[str], attribute
     if missing:
         raise DataError(f"labels.json has no entry for samples {missing[:5]}; re-create the FaceWorld")
     return {a: torch.tensor([int(labels[n][a]) for n in names]) for a in attributes}
+
+
+# ---- the evaluators' own accuracy on real images (the FaceWorld recipe's check) ----------------------------
+
+
+def to_condition_grid(index_mask: torch.Tensor) -> torch.Tensor:
+    """Index masks [B, H, W] -> [B, 32, 32] on the condition's grid (:func:`metrics.resize_index_masks`)."""
+    return metrics.resize_index_masks(index_mask.long().cpu())
+
+
+@torch.no_grad()
+def parser_pixel_accuracy(parser: nn.Module, batches: Iterable[dict[str, Any]]) -> float:
+    """Pixel accuracy at 32x32 (the condition's grid) of the parser's argmax against the true index mask,
+    over all pixels of all batches. Each per-sample accuracy is k/1024 (exact in float32), so the float64
+    sum below is the exact count and the result the exactly rounded correct / total."""
+    correct, count = 0.0, 0
+    for batch in batches:
+        pred = to_condition_grid(parser(batch["image"]).argmax(1))
+        acc = metrics.mask_pixel_accuracy(pred, to_condition_grid(batch["index_mask"]))
+        correct += float(acc.double().sum())
+        count += acc.numel()
+    return correct / max(count, 1)
+
+
+@torch.no_grad()
+def classifier_accuracy(classifier: nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Per-attribute accuracy of the classifier's argmax against the labels (every head of the classifier)."""
+    correct: dict[str, int] = {}
+    total = 0
+    for batch in batches:
+        logits = classifier(batch["image"])
+        right = metrics.attribute_correct(logits, {name: batch["labels"][name] for name in logits})
+        for name, r in right.items():
+            correct[name] = correct.get(name, 0) + int(r.sum())
+        total += batch["image"].shape[0]
+    return {name: c / max(total, 1) for name, c in correct.items()}

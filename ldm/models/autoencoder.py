@@ -15,13 +15,13 @@ DDP work as for the other models.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from ldm import seeding
 from ldm.errors import ConfigError
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.vae_loss import VAELoss
@@ -76,9 +76,7 @@ class AutoencoderModule(pl.LightningModule):
 
     def posterior_generator(self, device: torch.device, micro_batch: int) -> torch.Generator:
         """Seeded from (run seed, rank, micro-batch index): training is deterministic given the seed."""
-        key = f"{torch.initial_seed()}:{self.global_rank}:{micro_batch}".encode()
-        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-        return torch.Generator(device=device).manual_seed(seed)
+        return seeding.generator(torch.initial_seed(), "vae-posterior", self.global_rank, micro_batch, device=device)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         x = batch["image"]  # [B, 3, H, W] in [-1, 1]

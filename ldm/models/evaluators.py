@@ -1,5 +1,5 @@
-"""Training the FaceWorld evaluator networks (face parser, attribute classifier), as thin Lightning glue,
-and measuring their accuracy on real images.
+"""Training the FaceWorld evaluator networks (face parser, attribute classifier), as thin Lightning glue.
+Their accuracy on real images is measured by :mod:`ldm.evaluation.evaluators`.
 
 The batches come from :class:`ldm.data.celeba.PreprocessedFaces` with the evaluator keys: ``index_mask``
 (LongTensor [B, M, M], the exact FaceWorld mask at image resolution) for the parser, ``labels`` (the
@@ -8,14 +8,12 @@ The batches come from :class:`ldm.data.celeba.PreprocessedFaces` with the evalua
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from ldm.data import masks
 from ldm.modules.attribute_classifier import AttributeClassifier
 from ldm.modules.face_parser import FaceParser
 
@@ -63,37 +61,3 @@ class AttributeClassifierModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.classifier.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
-
-
-# ---- accuracy on real images ---------------------------------------------------------------------------
-
-
-def to_condition_grid(index_mask: torch.Tensor) -> torch.Tensor:
-    """Index masks [B, H, W] -> [B, 32, 32] by the PIL nearest resize the mask condition uses."""
-    out = [masks.onehot_to_index(masks.index_mask_to_onehot(m.cpu().numpy().astype(np.uint8))) for m in index_mask]
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def parser_pixel_accuracy(parser: FaceParser, batches: Iterable[dict[str, Any]]) -> float:
-    """Pixel accuracy at 32x32 (the condition's grid) of the parser's argmax against the true index mask."""
-    correct = total = 0
-    for batch in batches:
-        pred = to_condition_grid(parser(batch["image"]).argmax(1))
-        true = to_condition_grid(batch["index_mask"])
-        correct += int((pred == true).sum())
-        total += true.numel()
-    return correct / max(total, 1)
-
-
-@torch.no_grad()
-def classifier_accuracy(classifier: AttributeClassifier, batches: Iterable[dict[str, Any]]) -> dict[str, float]:
-    """Per-attribute accuracy of the classifier's argmax against the labels."""
-    correct: dict[str, int] = {}
-    total = 0
-    for batch in batches:
-        logits = classifier(batch["image"])
-        for name, out in logits.items():
-            correct[name] = correct.get(name, 0) + int((out.argmax(1) == batch["labels"][name]).sum())
-        total += batch["image"].shape[0]
-    return {name: c / max(total, 1) for name, c in correct.items()}
