@@ -8,13 +8,15 @@ Scripts stay thin: parse arguments, build through ``ldm``, run. Each script's ``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Sequence
 
+from ldm import ranges
 from ldm.errors import UserError
 
 
@@ -68,6 +70,21 @@ def writable_dir(path: str | os.PathLike) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def flag_names(names: Mapping[str, str] = ranges.FLAGS) -> Iterator[None]:
+    """Re-raise a :class:`~ldm.ranges.ParameterError` from the block naming the parameter's flag."""
+    try:
+        yield
+    except ranges.ParameterError as err:
+        raise err.renamed(names) from None
+
+
+def check_batch_size(batch_size: int) -> None:
+    """``--batch-size`` in 1..1024 (the range of every sampling script)."""
+    with flag_names():
+        ranges.check("batch_size", batch_size, ranges.BATCH_SIZE)
+
+
 def existing_file(path: str | os.PathLike, what: str, flag: str) -> Path:
     """Return ``path`` as a Path if it is a file, else raise a UserError saying which flag to fix."""
     p = Path(path)
@@ -105,14 +122,51 @@ def sampler_options(args: argparse.Namespace, defaults=None):
     same = defaults is not None and name == defaults.sampler
     steps = args.steps if args.steps is not None else (defaults.steps if defaults is not None else 50)
     spacing = args.spacing if args.spacing is not None else (defaults.spacing if same else None)
-    if not 1 <= steps <= 1000:
-        raise UserError(f"--steps {steps} is out of range; use 1 to 1000 (50 as released)")
-    if args.eta is not None and not get_sampler(name).has_eta:
-        raise UserError(f"--eta applies to --sampler ddim only; {name} has no eta (drop --eta or use --sampler ddim)")
-    if args.eta is not None and not 0.0 <= args.eta <= 1.0:
-        raise UserError(f"--eta {args.eta} is out of range; use 0 (deterministic) to 1 (as released)")
-    eta = args.eta if args.eta is not None else (defaults.eta if same and get_sampler(name).has_eta else None)
-    try:
-        return SamplerOptions(name, steps, spacing, eta)
-    except ValueError as err:
-        raise UserError(str(err)) from None
+    with flag_names():
+        ranges.check("steps", steps, ranges.STEPS)
+        if args.eta is not None and not get_sampler(name).has_eta:
+            raise UserError(f"--eta applies to --sampler ddim only; {name} has no eta (drop --eta or use --sampler ddim)")
+        if args.eta is not None:
+            ranges.check("eta", args.eta, ranges.ETA)
+        eta = args.eta if args.eta is not None else (defaults.eta if same and get_sampler(name).has_eta else None)
+        try:
+            return SamplerOptions(name, steps, spacing, eta)
+        except ranges.ParameterError:
+            raise
+        except ValueError as err:
+            raise UserError(str(err)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# The editing flags shared by edit.py and evaluate_editing.py
+
+
+def add_edit_arguments(parser: argparse.ArgumentParser, alphas_help: Optional[str] = None) -> None:
+    """``--embed-steps``, ``--finetune-steps``, ``--embed-lr``, ``--finetune-lr`` and ``--alphas``, all None unless
+    given (:func:`edit_values` fills them in from the config's ``edit:`` section, else the released values)."""
+    from ldm.editing import EditOptions
+
+    released = EditOptions()
+    unset = "unset: the config's edit section, else"
+    parser.add_argument("--embed-steps", type=int, default=None, help=f"stage A steps; {unset} {released.embed_steps} as released")
+    parser.add_argument("--finetune-steps", type=int, default=None, help=f"stage B steps; {unset} {released.finetune_steps} as released")
+    parser.add_argument("--embed-lr", type=float, default=None, help=f"stage A learning rate (Adam); {unset} {released.embed_lr:g} as released")
+    parser.add_argument("--finetune-lr", type=float, default=None, help=f"stage B learning rate (Adam); {unset} {released.finetune_lr:g} as released")
+    parser.add_argument("--alphas", default=None, help=alphas_help or f"comma list; {unset} the released sweep of the mode")
+
+
+def edit_values(args: argparse.Namespace, cfg, mode: str, alphas: Optional[str] = None) -> dict:
+    """The editing hyper-parameters: each flag that is given, else :func:`ldm.editing.edit_defaults` (the config's
+    ``edit:`` section over the released values). ``alphas``: the script's own default sweep, if it has one."""
+    from ldm.editing import EDIT_KEYS, edit_defaults, parse_alphas
+
+    values = edit_defaults(cfg, mode)
+    for key in EDIT_KEYS:
+        given = getattr(args, key)
+        if key == "alphas":
+            given = given if given is not None else alphas
+            if given is not None:
+                values[key] = parse_alphas(given)
+        elif given is not None:
+            values[key] = given
+    return values

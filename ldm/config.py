@@ -33,6 +33,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ldm import ranges
 from ldm.errors import ConfigError
 from ldm.fileio import atomic_write_bytes
 
@@ -105,17 +106,38 @@ class SampleSettings:
             raise ConfigError(f"{where}.sampler = {self.sampler!r} is unknown; choose one of {', '.join(sampler_names())}")
         if self.spacing is not None and self.spacing not in spacing_names():
             raise ConfigError(f"{where}.spacing = {self.spacing!r} is unknown; choose one of {', '.join(spacing_names())} or null")
-        if not 1 <= self.steps <= 1000:
-            raise ConfigError(f"{where}.steps = {self.steps} is out of range; use 1 to 1000 (50 as released)")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ConfigError(f"{where}.eta = {self.eta} is out of range; use 0 (deterministic) to 1 (as released)")
-        if self.preset not in PRESETS:
-            raise ConfigError(f"{where}.preset = {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-        if not 1 <= self.batch_size <= 1024:
-            raise ConfigError(f"{where}.batch_size = {self.batch_size} is out of range; use 1 to 1024")
+        try:
+            ranges.check("steps", self.steps, ranges.STEPS)
+            ranges.check("eta", self.eta, ranges.ETA)
+            if self.preset not in PRESETS:
+                raise ConfigError(f"{where}.preset = {self.preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+            ranges.check("batch_size", self.batch_size, ranges.BATCH_SIZE)
+        except ranges.ParameterError as err:
+            raise ConfigError(f"{where}.{err.parameter} = {err.detail}") from None
 
 
-SECTIONS: dict[str, Any] = {"model": None, "data": None, "train": TrainSettings, "sample": SampleSettings}
+@dataclass
+class EditSettings:
+    """The optional ``edit:`` section: this model's defaults for the Imagic edits (``scripts/edit.py``,
+    ``scripts/evaluate_editing.py``). A key that is set overrides :class:`ldm.editing.EditOptions`' released
+    value (:func:`ldm.editing.edit_defaults`); flags override both. The paper configs have none."""
+
+    embed_steps: Optional[int] = None
+    embed_lr: Optional[float] = None
+    finetune_steps: Optional[int] = None
+    finetune_lr: Optional[float] = None
+    alphas: Optional[list[float]] = None
+
+    def check(self, where: str = "edit") -> None:
+        """Raise ConfigError naming the first key whose value is out of range."""
+        try:
+            ranges.check_edit(self.embed_steps, self.embed_lr, self.finetune_steps, self.finetune_lr, self.alphas)
+        except ranges.ParameterError as err:
+            raise ConfigError(f"{where}.{err.parameter} = {err.detail}") from None
+
+
+SECTIONS: dict[str, Any] = {"model": None, "data": None, "train": TrainSettings, "sample": SampleSettings,
+                            "edit": EditSettings}
 REQUIRED_SECTIONS = ("model",)
 
 
@@ -177,6 +199,12 @@ def sample_settings(cfg: DictConfig) -> SampleSettings:
     return SampleSettings(**OmegaConf.to_container(cfg.get("sample", {}), resolve=True))
 
 
+def edit_settings(cfg: Optional[DictConfig]) -> EditSettings:
+    """The config's ``edit:`` section (every key None where the config has none)."""
+    section = cfg.get("edit") if cfg is not None else None
+    return EditSettings(**OmegaConf.to_container(section, resolve=True)) if section else EditSettings()
+
+
 # --------------------------------------------------------------------------------------------------
 # Validation
 
@@ -209,6 +237,8 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
             _validate_dataclass(schema, data[name], name)
     if "sample" in data:
         SampleSettings(**data["sample"]).check()
+    if data.get("edit") is not None:
+        EditSettings(**data["edit"]).check()
 
 
 def _validate_dataclass(schema: type, values: Any, where: str) -> None:

@@ -42,10 +42,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from ldm import seeding
+from ldm import ranges, seeding
 from ldm.checkpoints import load_state_dict, load_strict
+from ldm.config import edit_settings
 from ldm.data.celeba import image_to_tensor
 from ldm.diffusion.collaborative import CollaborativeOptions
 from ldm.diffusion.samplers import SamplerOptions, get_sampler
@@ -56,6 +58,7 @@ from ldm.figures import GRID_TILE, condition_tiles
 from ldm.images import grid, resize_nearest, save_png, to_uint8
 from ldm.modules.expert import Expert
 from ldm.pipeline import sample_from_contexts
+from ldm.ranges import ParameterError
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,6 @@ logger = logging.getLogger(__name__)
 UNIMODAL_ALPHAS = (-1.0, -0.5, 0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
 COLLABORATIVE_ALPHAS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5, 1.625,
                         1.75, 1.875, 2.0, 2.5)  # fmt: skip
-MAX_ABS_ALPHA = 10.0
 MODES = {"text": ("text",), "mask": ("seg_mask",), "collaborative": ("text", "seg_mask")}
 
 
@@ -260,32 +262,19 @@ class EditOptions:
     sampler: str = "ddim"
     spacing: Optional[str] = None
 
-    def check(self) -> None:
-        """Raise a UserError naming the flag of the first out-of-range value."""
-        if not 0 <= self.embed_steps <= 100_000:
-            raise UserError(f"--embed-steps {self.embed_steps} is out of range; use 0 to 100000 (500 as released)")
-        if not 0 <= self.finetune_steps <= 100_000:
-            raise UserError(f"--finetune-steps {self.finetune_steps} is out of range; use 0 to 100000 (1000 as released)")
-        for flag, lr in (("--embed-lr", self.embed_lr), ("--finetune-lr", self.finetune_lr)):
-            if not (0.0 < lr <= 1.0):
-                raise UserError(f"{flag} {lr} is out of range; use a learning rate in (0, 1]")
-        if not self.alphas:
-            raise UserError("--alphas is empty; give a comma list such as 0,0.5,1")
-        bad = [a for a in self.alphas if not abs(a) <= MAX_ABS_ALPHA]
-        if bad:
-            raise UserError(f"--alphas {bad} out of range; use values with |alpha| <= {MAX_ABS_ALPHA:g} (released: -1 to 2.5)")
-        if len(set(self.alphas)) != len(self.alphas):
-            raise UserError(f"--alphas {list(self.alphas)} repeats a value; give each alpha once")
-        if not 1 <= self.steps <= 1000:
-            raise UserError(f"--steps {self.steps} is out of range; use 1 to 1000 (50 as released)")
+    def validate(self) -> None:
+        """Raise a :class:`~ldm.ranges.ParameterError` naming the parameter of the first bad value."""
+        ranges.check_edit(self.embed_steps, self.embed_lr, self.finetune_steps, self.finetune_lr, self.alphas)
+        ranges.check("steps", self.steps, ranges.STEPS)
         try:
             has_eta = get_sampler(self.sampler).has_eta
         except ValueError as err:
-            raise UserError(f"--sampler: {err}") from None
+            raise ParameterError("sampler", f": {err}", sep="") from None
         if self.eta is not None and not has_eta:
-            raise UserError(f"--eta applies to --sampler ddim only; {self.sampler} has no eta (drop --eta or use --sampler ddim)")
-        if self.eta is not None and not 0.0 <= self.eta <= 1.0:
-            raise UserError(f"--eta {self.eta} is out of range; use 0 (deterministic) to 1 (as released)")
+            raise ParameterError("eta", f"applies to @sampler ddim only; {self.sampler} has no eta (drop @eta or use @sampler ddim)",
+                                 refs=("sampler", "eta"))
+        if self.eta is not None:
+            ranges.check("eta", self.eta, ranges.ETA)
         try:
             self.sampler_options()
         except ValueError as err:
@@ -293,11 +282,39 @@ class EditOptions:
         try:
             CollaborativeOptions.from_preset(self.preset)
         except ValueError as err:
-            raise UserError(f"--preset: {err}") from None
+            raise ParameterError("preset", f": {err}", sep="") from None
+
+    def check(self) -> None:
+        """:meth:`validate`, the error naming the scripts' flag of the parameter (what edit.py and the app show)."""
+        try:
+            self.validate()
+        except ParameterError as err:
+            raise err.renamed(ranges.FLAGS) from None
 
     def sampler_options(self) -> SamplerOptions:
         """Stage C's sampler (raises ValueError for a bad choice)."""
         return SamplerOptions(self.sampler, self.steps, self.spacing, self.eta)
+
+
+EDIT_KEYS = ("embed_steps", "embed_lr", "finetune_steps", "finetune_lr", "alphas")  # what a config's edit: sets
+
+
+def released_alphas(mode: str) -> tuple[float, ...]:
+    """The released α sweep of an edit mode."""
+    return COLLABORATIVE_ALPHAS if mode == "collaborative" else UNIMODAL_ALPHAS
+
+
+def edit_defaults(cfg: Optional[DictConfig], mode: str) -> dict[str, Any]:
+    """The defaults of :data:`EDIT_KEYS` for a model: :class:`EditOptions`' released values (the mode's released
+    α sweep), each overridden by the config's ``edit:`` section where it sets the key. Flags override these."""
+    released = EditOptions()
+    values = {key: getattr(released, key) for key in EDIT_KEYS}
+    values["alphas"] = released_alphas(mode)
+    section = edit_settings(cfg)
+    for key in EDIT_KEYS:
+        if getattr(section, key) is not None:
+            values[key] = tuple(float(a) for a in section.alphas) if key == "alphas" else getattr(section, key)
+    return values
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -305,7 +322,8 @@ def parse_alphas(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(a) for a in text.split(",") if a.strip())
     except ValueError:
-        raise UserError(f"--alphas {text!r} is not a comma list of numbers; e.g. --alphas 0,0.5,1,1.5") from None
+        raise ParameterError("alphas", f"{text!r} is not a comma list of numbers; e.g. @alphas 0,0.5,1,1.5",
+                             refs=("alphas",)).renamed(ranges.FLAGS) from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -31,9 +31,13 @@ from pathlib import Path
 
 import torch
 
+from ldm import ranges
 from ldm.cli import (
+    add_edit_arguments,
     add_sampler_arguments,
+    edit_values,
     existing_file,
+    flag_names,
     main_guard,
     make_parser,
     sampler_options,
@@ -43,16 +47,7 @@ from ldm.cli import (
 from ldm.config import load_config, sample_settings
 from ldm.data.celeba import read_image
 from ldm.data.masks import load_mask_condition
-from ldm.editing import (
-    COLLABORATIVE_ALPHAS,
-    MODES,
-    UNIMODAL_ALPHAS,
-    EditOptions,
-    edit_provenance,
-    fit_to_resolution,
-    parse_alphas,
-    run_edit,
-)
+from ldm.editing import MODES, EditOptions, edit_provenance, fit_to_resolution, run_edit
 from ldm.errors import UserError
 from ldm.pipeline import load_model
 
@@ -67,11 +62,7 @@ def parse(argv):
     p.add_argument("--mode", required=True, choices=sorted(MODES), help="which edit")
     p.add_argument("--text", help="target caption (modes text and collaborative)")
     p.add_argument("--mask", help="target mask PNG (modes mask and collaborative): class ids 0-18 or the palette colours")
-    p.add_argument("--embed-steps", type=int, default=500, help="stage A steps")
-    p.add_argument("--finetune-steps", type=int, default=1000, help="stage B steps")
-    p.add_argument("--embed-lr", type=float, default=1e-3, help="stage A learning rate (Adam)")
-    p.add_argument("--finetune-lr", type=float, default=1e-6, help="stage B learning rate (Adam)")
-    p.add_argument("--alphas", default=None, help="comma list (default: the released sweep of the mode)")
+    add_edit_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="seed of stages A and B and of the sampling")
     add_sampler_arguments(p)
     p.add_argument("--preset", default=None, help="collaborative preset: paper or official (default from config)")
@@ -108,14 +99,12 @@ def main(argv=None):
     args = parse(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
-    alphas = parse_alphas(args.alphas) if args.alphas is not None else (
-        COLLABORATIVE_ALPHAS if args.mode == "collaborative" else UNIMODAL_ALPHAS)
-    if not 0 <= args.seed < 2**31:
-        raise UserError(f"--seed {args.seed} is out of range; use 0 to 2^31 - 1")
+    values = edit_values(args, cfg, args.mode)
+    with flag_names():
+        ranges.check("seed", args.seed, ranges.SEED)
     sampling = sampler_options(args, sample_settings(cfg))
     options = EditOptions(
-        embed_steps=args.embed_steps, embed_lr=args.embed_lr, finetune_steps=args.finetune_steps,
-        finetune_lr=args.finetune_lr, alphas=alphas, seed=args.seed, steps=sampling.steps, eta=sampling.resolved_eta,
+        **values, seed=args.seed, steps=sampling.steps, eta=sampling.resolved_eta,
         preset=args.preset or sample_settings(cfg).preset, sampler=sampling.sampler, spacing=sampling.resolved_spacing,
     )
     options.check()

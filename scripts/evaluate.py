@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from ldm import distributed
-from ldm.cli import add_sampler_arguments, existing_file, main_guard, make_parser, sampler_options, setup_logging, writable_dir
+from ldm.cli import add_sampler_arguments, check_batch_size, existing_file, main_guard, make_parser, sampler_options, setup_logging, writable_dir
 from ldm.config import load_config, sample_settings
 from ldm.data.faceworld import LABELS_FILE, load_labels
 from ldm.errors import UserError
@@ -89,8 +89,7 @@ def check_args(args) -> list[str]:
     if args.num < 2:
         raise UserError(f"--num {args.num}: need at least 2 pairs (a Fréchet distance needs 2 samples)")
     args.sampling = sampler_options(args, sample_settings(load_config(args.config, args.overrides)))
-    if not 1 <= args.batch_size <= 1024:
-        raise UserError(f"--batch-size {args.batch_size} is out of range; use 1 to 1024")
+    check_batch_size(args.batch_size)
     return methods
 
 

@@ -22,14 +22,17 @@ from dataclasses import asdict
 
 import torch
 
-from ldm.cli import existing_file, main_guard, make_parser, setup_logging, writable_dir
-from ldm.editing import EditOptions, parse_alphas
+from ldm.cli import add_edit_arguments, edit_values, existing_file, main_guard, make_parser, setup_logging, writable_dir
+from ldm.config import load_config
+from ldm.editing import EditOptions
 from ldm.errors import CheckpointError, UserError
 from ldm.evaluation.editing import EDIT_MODES, evaluate_edits, faceworld_cases, markdown_table, write_results
 from ldm.evaluation.evaluators import load_evaluator
 from ldm.pipeline import load_model
 
 logger = logging.getLogger("evaluate_editing")
+RELEASED = EditOptions()
+MEASURED_ALPHAS = "1"  # the alpha the table measures unless --alphas says otherwise
 
 
 def parse(argv):
@@ -43,15 +46,11 @@ def parse(argv):
     p.add_argument("--lpips-lin", default=None, help="LPIPS v0.1 linear heads (optional)")
     p.add_argument("--num", type=int, default=20, help="test faces to edit")
     p.add_argument("--modes", default=",".join(EDIT_MODES), help="comma list of text, mask, collaborative")
-    p.add_argument("--embed-steps", type=int, default=500)
-    p.add_argument("--finetune-steps", type=int, default=1000)
-    p.add_argument("--embed-lr", type=float, default=1e-3)
-    p.add_argument("--finetune-lr", type=float, default=1e-6)
-    p.add_argument("--alphas", default="1", help="the alphas measured (comma list)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--eta", type=float, default=1.0)
-    p.add_argument("--preset", default="paper")
+    add_edit_arguments(p, alphas_help=f"the alphas measured (comma list); unset: {MEASURED_ALPHAS}")
+    p.add_argument("--seed", type=int, default=RELEASED.seed)
+    p.add_argument("--steps", type=int, default=RELEASED.steps, help="DDIM steps")
+    p.add_argument("--eta", type=float, default=RELEASED.eta)
+    p.add_argument("--preset", default=RELEASED.preset)
     p.add_argument("--out", default="outputs/edit_eval")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
@@ -75,9 +74,8 @@ def main(argv=None):
     if not 1 <= args.num <= 10_000:
         raise UserError(f"--num {args.num} is out of range; use 1 to 10000")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    options = EditOptions(embed_steps=args.embed_steps, embed_lr=args.embed_lr, finetune_steps=args.finetune_steps,
-                          finetune_lr=args.finetune_lr, alphas=parse_alphas(args.alphas), seed=args.seed,
-                          steps=args.steps, eta=args.eta, preset=args.preset)
+    values = edit_values(args, load_config(args.config, args.overrides), "collaborative", alphas=MEASURED_ALPHAS)
+    options = EditOptions(**values, seed=args.seed, steps=args.steps, eta=args.eta, preset=args.preset)
     options.check()
     ckpt = existing_file(args.ckpt, "checkpoint", "--ckpt")
     parser = load_evaluator(args.parser, "parser", args.device)

@@ -38,12 +38,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from ldm import distributed
 from ldm.cli import (
     add_sampler_arguments,
+    check_batch_size,
     existing_file,
     main_guard,
     make_parser,
@@ -94,20 +96,18 @@ def speed_options(args) -> SpeedOptions | None:
     return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 
 
-def check_ranges(batch: int) -> None:
-    if not 1 <= batch <= 1024:
-        raise UserError(f"--batch-size {batch} is out of range; use 1 to 1024")
 
 
-def read_conditions(args, batch: int) -> dict:
+def read_conditions(mask: Optional[str], text: Optional[str], batch: int) -> dict:
+    """The raw conditions of ``--mask`` / ``--text`` (either may be None), each repeated ``batch`` times."""
     conditions = {}
-    if args.mask is not None:
-        onehot = load_mask_condition(existing_file(args.mask, "mask", "--mask"))
+    if mask is not None:
+        onehot = load_mask_condition(existing_file(mask, "mask", "--mask"))
         conditions["seg_mask"] = onehot.unsqueeze(0).repeat(batch, 1, 1)  # [B, 19, 1024]
-    if args.text is not None:
-        if not args.text.strip():
+    if text is not None:
+        if not text.strip():
             raise UserError("empty caption; give a non-empty --text")
-        conditions["text"] = [args.text] * batch
+        conditions["text"] = [text] * batch
     if not conditions:
         raise UserError("give a condition: --mask PNG and/or --text CAPTION")
     return conditions
@@ -145,8 +145,7 @@ def read_condition_file(path: str) -> list[dict]:
 
 def pair_conditions(pair: dict, batch: int) -> dict:
     """The raw conditions of one pair, checked as ``--mask``/``--text`` are."""
-    args = type("PairArgs", (), {"mask": None if pair["mask"] is None else str(pair["mask"]), "text": pair["text"]})()
-    return read_conditions(args, batch)
+    return read_conditions(None if pair["mask"] is None else str(pair["mask"]), pair["text"], batch)
 
 
 def merge_single_grid(out: Path, records: list[dict], conditions: dict, methods: list[str]) -> Path:
@@ -207,7 +206,7 @@ def main(argv=None):
     defaults = sample_settings(load_config(args.config, args.overrides))
     choice = sampler_options(args, defaults)
     batch = args.batch_size if args.batch_size is not None else defaults.batch_size
-    check_ranges(batch)
+    check_batch_size(batch)
     try:
         options = CollaborativeOptions.from_preset(args.preset or defaults.preset)
     except ValueError as err:
@@ -220,7 +219,7 @@ def main(argv=None):
         for pair in pairs:  # check every pair before any sampling
             pair_conditions(pair, 1)
     else:
-        conditions = read_conditions(args, batch)
+        conditions = read_conditions(args.mask, args.text, batch)
     out = writable_dir(args.out)
     existing_file(args.ckpt, "checkpoint", "--ckpt")
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch.nn as nn
 from PIL import Image
 
+from ldm import ranges
 from ldm.app.sessions import Cancelled
 from ldm.data.masks import index_mask_to_onehot, save_index_png
 from ldm.diffusion.samplers import SamplerOptions, get_sampler
@@ -60,8 +61,7 @@ class EditRequest:
 
     def options(self) -> EditOptions:
         """The run's :class:`EditOptions`, every value resolved as ``edit.py`` resolves its flags; checked."""
-        if not 0 <= int(self.seed) < 2**31:
-            raise UserError(f"seed {self.seed} is out of range; use 0 to 2^31 - 1")
+        ranges.check("seed", int(self.seed), ranges.SEED)
         try:
             eta = float(self.eta) if get_sampler(self.sampler).has_eta else None
             sampling = SamplerOptions(self.sampler, int(self.steps), None, eta)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ldm import ranges
 from ldm.app.influence import influence_frames, write_frames
 from ldm.data.masks import colorize, index_mask_to_onehot, onehot_to_index
 from ldm.diffusion.collaborative import PRESETS, CollaborativeOptions
@@ -89,8 +90,7 @@ class GenerateRequest:
                 raise UserError(f"empty caption; write one (the {', '.join(needing)} method needs it) or choose mask only")
             if len(self.caption) > MAX_CAPTION:
                 raise UserError(f"caption is {len(self.caption)} characters; shorten it to at most {MAX_CAPTION}")
-        if not 0 <= int(self.seed) < 2**31:
-            raise UserError(f"seed {self.seed} is out of range; use 0 to 2^31 - 1")
+        ranges.check("seed", int(self.seed), ranges.SEED)
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}; choose {' or '.join(sorted(PRESETS))}")
         self.sampler_options().timesteps(model.schedule)

@@ -28,11 +28,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ldm import ranges
 from ldm.diffusion.ddim import EpsFn, StepCallback, ddim_sample
 from ldm.diffusion.dpm_solver import dpmpp_2m_sample
 from ldm.diffusion.schedule import NoiseSchedule
 from ldm.diffusion.spacing import SPACINGS, spaced_timesteps
 from ldm.diffusion.unipc import unipc_sample
+from ldm.ranges import ParameterError
 
 # run(eps_fn, x_T, schedule, timesteps, *, eta, generator, callback, progress) -> x_0
 RunFn = Callable[..., Tensor]
@@ -141,15 +143,17 @@ class SamplerOptions:
 
     def __post_init__(self) -> None:
         info = get_sampler(self.sampler)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
-            raise ValueError(f"steps {self.steps!r} is out of range; use 1 to 1000 (50 as released)")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int):
+            raise ParameterError("steps", f"{self.steps!r} is out of range; use {ranges.STEPS.text}")
+        ranges.check("steps", self.steps, ranges.STEPS)
         if self.spacing is not None and self.spacing not in SPACINGS:
             raise ValueError(f"unknown timestep spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
         if self.eta is not None:
             if not info.has_eta:
                 raise ValueError(f"eta applies to the ddim sampler only; {self.sampler} has none (drop eta or use ddim)")
-            if not (isinstance(self.eta, (int, float)) and 0.0 <= self.eta <= 1.0):
-                raise ValueError(f"eta {self.eta!r} is out of range; use 0 (deterministic) to 1 (as released)")
+            if not isinstance(self.eta, (int, float)):
+                raise ParameterError("eta", f"{self.eta!r} is out of range; use {ranges.ETA.text}")
+            ranges.check("eta", self.eta, ranges.ETA)
 
     @property
     def info(self) -> SamplerInfo:
