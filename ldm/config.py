@@ -256,11 +256,22 @@ def is_node(value: Any) -> bool:
     return isinstance(value, Mapping) and "target" in value
 
 
+# Modules renamed since configs were first written: the resolved configs saved beside existing checkpoints
+# still name the old modules, and load through this map (old module -> new module).
+RENAMED_MODULES = {
+    "ldm.models.autoencoder": "ldm.models.autoencoder_module",
+    "ldm.models.collaborative": "ldm.models.collaborative_diffusion",
+    "ldm.models.evaluators": "ldm.models.faceworld_evaluators",
+}
+
+
 def resolve_target(target: Any, where: str) -> Callable:
-    """Import ``ldm.x.y.Name``; refuse anything outside the ``ldm`` package."""
+    """Import ``ldm.x.y.Name``; refuse anything outside the ``ldm`` package. Old module names
+    (:data:`RENAMED_MODULES`) resolve to their new ones."""
     if not isinstance(target, str) or not target.startswith("ldm."):
         raise ConfigError(f"{where}.target = {target!r} is outside the ldm package; targets must start with 'ldm.'")
     module_name, _, attr = target.rpartition(".")
+    module_name = RENAMED_MODULES.get(module_name, module_name)
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

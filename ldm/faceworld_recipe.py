@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ldm.checkpoints import convert_file, load_state_dict, pretrained
+from ldm.checkpoints import convert_file, load_state_dict, pretrained, pretrained_overrides
 from ldm.config import load_config, save_config
 from ldm.data.celeba import PreprocessedFaces
 from ldm.data.faceworld import LATEST_VERSION as FACEWORLD_VERSION
@@ -96,10 +96,8 @@ class Recipe:
         if self.o.batch_size is not None:
             out.append(f"train.batch_size={self.o.batch_size}")
         if name in ("text", "mask", "codiff"):
-            out += [f"model.params.scale_factor={self.record('scale')['scale_factor']}", f"model.params.vae.params.ckpt={self.ckpt('vae')}"]
-        if name == "codiff":
-            out += [f"model.params.experts.{m}.params.ckpt={self.ckpt(n)}" for m, n in (("text", "text"), ("seg_mask", "mask"))]
-        return out
+            out.append(f"model.params.scale_factor={self.record('scale')['scale_factor']}")
+        return out + pretrained_overrides(name, {n: self.ckpt(n) for n in ("vae", "text", "mask")})
 
     # ---- stages ------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -218,19 +216,9 @@ class Recipe:
         export = self.o.export
         export.mkdir(parents=True, exist_ok=True)
         shipped = {name: export / f"{name}.safetensors" for name in MODELS}
-        ship_overrides = {
-            "vae": [],
-            "text": [f"model.params.vae.params.config={export / 'vae.yaml'}", f"model.params.vae.params.ckpt={shipped['vae']}"],
-            "mask": [f"model.params.vae.params.config={export / 'vae.yaml'}", f"model.params.vae.params.ckpt={shipped['vae']}"],
-            "codiff": [
-                f"model.params.vae.params.config={export / 'vae.yaml'}", f"model.params.vae.params.ckpt={shipped['vae']}",
-                f"model.params.experts.text.params.config={export / 'text.yaml'}", f"model.params.experts.text.params.ckpt={shipped['text']}",
-                f"model.params.experts.seg_mask.params.config={export / 'mask.yaml'}", f"model.params.experts.seg_mask.params.ckpt={shipped['mask']}",
-            ],
-            "parser": [], "classifier": [],
-        }
+        configs = {name: export / f"{name}.yaml" for name in MODELS}
         for name in MODELS:
-            cfg = load_config(CONFIGS / f"{name}.yaml", self.overrides(name) + ship_overrides[name])
+            cfg = load_config(CONFIGS / f"{name}.yaml", self.overrides(name) + pretrained_overrides(name, shipped, configs))
             save_config(cfg, export / f"{name}.yaml")
             if name in ("parser", "classifier"):
                 state = load_state_dict(self.ckpt(name))  # {"parser.*"} / {"classifier.*"}

@@ -142,8 +142,8 @@ class EditInput:
 def faceworld_edit_input(seed: int, num: int, resolution: int, test_size: Optional[int] = None) -> EditInput:
     """The first man of the FaceWorld (seed, num) test split (so the beard can change), rendered at
     ``resolution``: target caption with the age two levels on and the beard two levels on, target mask with the
-    glasses toggled (the rule of :func:`ldm.evaluation.editing.faceworld_case`)."""
-    from ldm.evaluation.editing import faceworld_case
+    glasses toggled (the rule of :func:`ldm.evaluation.edit_metrics.faceworld_case`)."""
+    from ldm.evaluation.edit_metrics import faceworld_case
 
     test = faceworld_test_split(num, test_size)
     index = next((i for i in test if faceworld.sample_factors(seed, i).gender == 1), test[0])

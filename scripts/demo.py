@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ldm.checkpoints import pretrained_overrides
 from ldm.cli import add_sampler_arguments, main_guard, make_parser, sampler_options, setup_logging, writable_dir
 from ldm.config import load_config
 from ldm.data.celeba import PreprocessedFaces
@@ -45,17 +46,8 @@ SHIPPED = ("codiff.yaml", "codiff.safetensors", "text.safetensors", "mask.safete
 
 def chain_overrides(name: str, data_root: Path, runs: Path) -> list[str]:
     """Point a tiny config at the demo's data and at the checkpoints of the earlier links of the chain."""
-    vae_ckpt, text_ckpt, mask_ckpt = (runs / n / "checkpoints" / "last.ckpt" for n in ("vae", "text", "mask"))
-    overrides = [f"data.train.params.root={data_root}"]
-    if name in ("text", "mask"):
-        overrides.append(f"model.params.vae.params.ckpt={vae_ckpt}")
-    if name == "codiff":
-        overrides += [
-            f"model.params.vae.params.ckpt={vae_ckpt}",
-            f"model.params.experts.text.params.ckpt={text_ckpt}",
-            f"model.params.experts.seg_mask.params.ckpt={mask_ckpt}",
-        ]
-    return overrides
+    ckpts = {n: runs / n / "checkpoints" / "last.ckpt" for n in ("vae", "text", "mask")}
+    return [f"data.train.params.root={data_root}", *pretrained_overrides(name, ckpts)]
 
 
 def test_pairs(seed: int, num: int, count: int) -> list[tuple[str, str, object]]:

@@ -4,7 +4,7 @@ Edits the first --num faces of a FaceWorld test split in every mode (text: age a
 hair length; collaborative: both), with exact targets re-rendered by FaceWorld, and measures with the
 FaceWorld evaluators (face parser, attribute classifier): the target accuracy, the parser's mask accuracy
 outside the edited region, the classifier's agreement on the factors not edited, PSNR (and, with the LPIPS
-weights, LPIPS) outside the edited region. See ``ldm/evaluation/editing.py`` for the definitions. Each edit is a
+weights, LPIPS) outside the edited region. See ``ldm/evaluation/edit_metrics.py`` for the definitions. Each edit is a
 resumable run directory under --out; the table goes to results.md and results.json.
 
 Examples:
@@ -26,7 +26,7 @@ from ldm.cli import add_edit_arguments, edit_values, existing_file, main_guard, 
 from ldm.config import load_config
 from ldm.editing import EditOptions
 from ldm.errors import CheckpointError, UserError
-from ldm.evaluation.editing import EDIT_MODES, evaluate_edits, faceworld_cases, markdown_table, write_results
+from ldm.evaluation.edit_metrics import EDIT_MODES, evaluate_edits, faceworld_cases, markdown_table, write_results
 from ldm.evaluation.evaluators import load_evaluator
 from ldm.pipeline import load_model
 

@@ -50,7 +50,7 @@ from ldm.config import load_config, sample_settings
 from ldm.data.celeba import read_image
 from ldm.editing import EditOptions, fit_to_resolution, parse_alphas
 from ldm.errors import UserError
-from ldm.evaluation.editing import run_edit_modes
+from ldm.evaluation.edit_metrics import run_edit_modes
 from ldm.pipeline import load_model
 
 logger = logging.getLogger("figures")

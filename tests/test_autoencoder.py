@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 
 from ldm.errors import CheckpointError, ConfigError
-from ldm.models.autoencoder import AutoencoderModule
+from ldm.models.autoencoder_module import AutoencoderModule
 from ldm.modules import lpips as lpips_module
 from ldm.modules.autoencoder import AutoencoderKL, DiagonalGaussian
 from ldm.modules.discriminator import NLayerDiscriminator, hinge_loss

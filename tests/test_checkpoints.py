@@ -472,3 +472,16 @@ def test_load_strict_refuses_a_released_dict_that_was_not_mapped():
     with pytest.raises(CheckpointError, match=r"missing: expert\..*unexpected: "):
         load_strict(NativeLDM(), released)
 
+
+
+def test_pretrained_overrides_wire_the_chain():
+    from ldm.checkpoints import pretrained_overrides
+
+    ckpts = {"vae": "V.ckpt", "text": "T.ckpt", "mask": "M.ckpt"}
+    assert pretrained_overrides("vae", ckpts) == [] and pretrained_overrides("parser", ckpts) == []
+    assert pretrained_overrides("text", ckpts) == ["model.params.vae.params.ckpt=V.ckpt"]
+    assert pretrained_overrides("codiff", ckpts, {"vae": "v.yaml", "text": "t.yaml", "mask": "m.yaml"}) == [
+        "model.params.vae.params.config=v.yaml", "model.params.vae.params.ckpt=V.ckpt",
+        "model.params.experts.text.params.config=t.yaml", "model.params.experts.text.params.ckpt=T.ckpt",
+        "model.params.experts.seg_mask.params.config=m.yaml", "model.params.experts.seg_mask.params.ckpt=M.ckpt",
+    ]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ldm.errors import ConfigError
-from ldm.models.collaborative import CollaborativeDiffusion
+from ldm.models.collaborative_diffusion import CollaborativeDiffusion
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.dynamic_diffuser import DynamicDiffuser
 from ldm.modules.encoders import MaskEncoder, TextEncoder

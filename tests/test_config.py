@@ -371,3 +371,27 @@ def test_shipped_config_validates(path, monkeypatch):
 def test_float_overrides_in_any_exponent_form(text, value):
     cfg = load_config(REPO / "configs" / "tiny" / "text.yaml", [f"train.base_learning_rate={text}"])
     assert cfg.train.base_learning_rate == value
+
+
+@pytest.mark.parametrize("old, new", [
+    ("ldm.models.autoencoder.AutoencoderModule", "ldm.models.autoencoder_module.AutoencoderModule"),
+    ("ldm.models.collaborative.CollaborativeDiffusion", "ldm.models.collaborative_diffusion.CollaborativeDiffusion"),
+    ("ldm.models.evaluators.FaceParserModule", "ldm.models.faceworld_evaluators.FaceParserModule"),
+    ("ldm.models.evaluators.AttributeClassifierModule", "ldm.models.faceworld_evaluators.AttributeClassifierModule"),
+])
+def test_targets_of_renamed_modules_still_resolve(old, new):
+    """Resolved configs saved beside existing checkpoints name the modules' old names."""
+    from ldm.config import resolve_target
+
+    assert resolve_target(old, "model") is resolve_target(new, "model")
+
+
+def test_a_saved_config_with_an_old_target_loads(tmp_path):
+    text = (REPO / "configs/tiny/vae.yaml").read_text()
+    assert "ldm.models.autoencoder_module.AutoencoderModule" in text
+    old = tmp_path / "vae.yaml"
+    old.write_text(text.replace("ldm.models.autoencoder_module.", "ldm.models.autoencoder."))
+    from ldm.config import resolve_target
+
+    cfg = load_config(old)  # validation resolves every target
+    assert resolve_target(cfg.model.target, "model").__name__ == "AutoencoderModule"

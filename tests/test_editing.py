@@ -375,7 +375,7 @@ class StandInClassifier(nn.Module):
 
 def test_faceworld_edit_measurement(tmp_path):
     from ldm.data.faceworld import make_faceworld
-    from ldm.evaluation.editing import EDIT_MODES, METRICS, evaluate_edits, faceworld_cases, markdown_table, write_results
+    from ldm.evaluation.edit_metrics import EDIT_MODES, METRICS, evaluate_edits, faceworld_cases, markdown_table, write_results
 
     world = make_faceworld(tmp_path / "fw", num=6, seed=3, size=32, test_size=2, progress=False)
     cases = faceworld_cases(world, 2, 32)

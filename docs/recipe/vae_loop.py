@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.data.celeba import PreprocessedFaces
 from ldm.evaluation.evaluators import load_evaluator
-from ldm.models.evaluators import to_condition_grid
+from ldm.evaluation.evaluators import to_condition_grid
 p = argparse.ArgumentParser()
 p.add_argument("--name"); p.add_argument("--ch", type=int, default=32); p.add_argument("--nrb", type=int, default=1)
 p.add_argument("--mult", default="1,2,2"); p.add_argument("--bs", type=int, default=8); p.add_argument("--lr", type=float, default=1e-3)

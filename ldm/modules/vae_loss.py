@@ -10,7 +10,7 @@ with lambda = disc_weight * ||grad nll|| / (||grad g|| + 1e-4) at the decoder's 
 to [0, 1e4] and detached (the adaptive weight of Esser et al.). Discriminator side: hinge loss.
 Both GAN terms are off (disc_factor = 0) before ``disc_start`` (released: 50001). The generator loss
 gives the discriminator no gradient and the discriminator loss gives the autoencoder none, so the two
-may simply be added and optimised together (as :class:`ldm.models.autoencoder.AutoencoderModule` does).
+may simply be added and optimised together (as :class:`ldm.models.autoencoder_module.AutoencoderModule` does).
 
 Sub-modules are named as released (``logvar``, ``perceptual_loss.*``, ``discriminator.*``) so a
 released VAE checkpoint's ``loss.*`` keys load strictly.
