@@ -56,6 +56,9 @@ from ldm.pipeline import load_model
 logger = logging.getLogger("figures")
 FACEWORLD = Path("checkpoints/faceworld")
 FIGURE_ALPHAS = "0,0.5,1,1.5,2"
+RELEASED = EditOptions()  # the editing defaults; the figures shorten stages A and B and raise stage B's rate:
+FIGURE_EDIT_STEPS = 50  # stages A and B (released: 500 / 1000), so make figures takes minutes on a CPU
+FIGURE_FINETUNE_LR = 1e-4  # released 1e-6 was chosen for the 403.6M experts; small experts need more
 
 
 def parse(argv):
@@ -76,11 +79,11 @@ def parse(argv):
     p.add_argument("--edit-image", default=None, help="face to edit (with --edit-text and --edit-mask)")
     p.add_argument("--edit-text", default=None, help="target caption of the edit")
     p.add_argument("--edit-mask", default=None, help="target mask PNG of the edit")
-    p.add_argument("--embed-steps", type=int, default=50, help="edit stage A steps (released: 500)")
-    p.add_argument("--finetune-steps", type=int, default=50, help="edit stage B steps (released: 1000)")
-    p.add_argument("--embed-lr", type=float, default=1e-3, help="edit stage A learning rate (released: 1e-3)")
-    p.add_argument("--finetune-lr", type=float, default=1e-4,
-                   help="edit stage B learning rate (released: 1e-6 for the 403.6M experts; small experts need more)")
+    p.add_argument("--embed-steps", type=int, default=FIGURE_EDIT_STEPS, help=f"edit stage A steps (released: {RELEASED.embed_steps})")
+    p.add_argument("--finetune-steps", type=int, default=FIGURE_EDIT_STEPS, help=f"edit stage B steps (released: {RELEASED.finetune_steps})")
+    p.add_argument("--embed-lr", type=float, default=RELEASED.embed_lr, help=f"edit stage A learning rate (released: {RELEASED.embed_lr:g})")
+    p.add_argument("--finetune-lr", type=float, default=FIGURE_FINETUNE_LR,
+                   help=f"edit stage B learning rate (released: {RELEASED.finetune_lr:g} for the 403.6M experts; small experts need more)")
     p.add_argument("--alphas", default=FIGURE_ALPHAS, help="the α sweep, shared by the three edit modes")
     p.add_argument("--edit-runs", default="outputs/figures/edits", help="the edits' resumable run directories")
     p.add_argument("--size", type=int, default=None, help="panel size in px (default: 128, or the image size above 128 up to 256)")
