@@ -41,7 +41,7 @@ test: venv
 	@$(PY) -c "from importlib.metadata import version as v; print('stack:', ', '.join(p + ' ' + v(p) for p in ('torch', 'pytorch-lightning', 'transformers', 'tokenizers', 'numpy', 'pillow')))"
 	$(PY) -m pytest -q -n 2 tests
 
-# The oldest supported stack (README, "Supported versions"): the same tests in .venv-oldest.
+# The oldest supported stack (docs/setup.md, "Supported versions"): the same tests in .venv-oldest.
 test-oldest:
 	$(MAKE) --no-print-directory test VENV=.venv-oldest CONSTRAINTS=constraints/oldest.txt
 

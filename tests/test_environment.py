@@ -1,5 +1,5 @@
 """The supported stacks stay what the README says: constraints/oldest.txt pins every requirement of setup.py
-(core and dev) at its lower bound, and environment.yaml pins the same versions (README, "Supported versions")."""
+(core and dev) at its lower bound, and environment.yaml pins the same versions (docs/setup.md, "Supported versions")."""
 
 from __future__ import annotations
 
