@@ -101,6 +101,25 @@ class EmbeddingFit(NamedTuple):
     losses: list[float]  # the loss at every step
 
 
+def adam_steps(params: list, loss_fn: Callable[[], torch.Tensor], *, steps: int, lr: float, desc: str, progress: bool,
+               on_step: Optional[Callable[[int, int], None]]) -> list[float]:
+    """``steps`` Adam steps on ``params`` minimising ``loss_fn()``; the loss at every step. ``on_step(done,
+    steps)`` after each (it may raise to stop)."""
+    optimizer = torch.optim.Adam(params, lr=lr)
+    losses = []
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for _ in bar:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if on_step is not None:
+            on_step(len(losses), steps)
+    return losses
+
+
 def optimize_embedding(
     expert: Expert,
     x0_latent: torch.Tensor,
@@ -120,22 +139,12 @@ def optimize_embedding(
     steps)`` after every step (a progress display; it may raise to stop the stage).
     """
     e = target_context.detach().clone().to(x0_latent).requires_grad_(True)
-    optimizer = torch.optim.Adam([e], lr=lr)
-    losses = []
     was_training = expert.training
     expert.eval()
     try:
         with only_trainable(expert, []), torch.enable_grad():
-            bar = tqdm(range(steps), desc=desc, disable=not progress)
-            for _ in bar:
-                optimizer.zero_grad(set_to_none=True)
-                loss = denoising_loss(expert, x0_latent, e, schedule, generator)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if on_step is not None:
-                    on_step(len(losses), steps)
+            losses = adam_steps([e], lambda: denoising_loss(expert, x0_latent, e, schedule, generator),
+                                steps=steps, lr=lr, desc=desc, progress=progress, on_step=on_step)
     finally:
         expert.train(was_training)
     return EmbeddingFit(e.detach(), losses)
@@ -158,26 +167,15 @@ def finetune_expert(
     UNet directly; the condition encoder is neither used nor changed. Returns the loss at every step.
     ``on_step(done, steps)`` as in :func:`optimize_embedding`."""
     params = list(expert.unet.parameters())
-    optimizer = torch.optim.Adam(params, lr=lr)
     embedding = embedding.detach().to(x0_latent)
-    losses = []
     was_training = expert.unet.training
     expert.unet.train()
     try:
         with only_trainable(expert, params), torch.enable_grad():
-            bar = tqdm(range(steps), desc=desc, disable=not progress)
-            for _ in bar:
-                optimizer.zero_grad(set_to_none=True)
-                loss = denoising_loss(expert, x0_latent, embedding, schedule, generator)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if on_step is not None:
-                    on_step(len(losses), steps)
+            return adam_steps(params, lambda: denoising_loss(expert, x0_latent, embedding, schedule, generator),
+                              steps=steps, lr=lr, desc=desc, progress=progress, on_step=on_step)
     finally:
         expert.unet.train(was_training)
-    return losses
 
 
 def interpolate(e_target: torch.Tensor, e_opt: torch.Tensor, alpha: float) -> torch.Tensor:
