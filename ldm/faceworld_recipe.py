@@ -320,7 +320,7 @@ Total: {summary['total_mb']:.1f} MB.
 ## What they score
 
 The evaluation of the paper's claim with these files is in `docs/faceworld_results.md` (made by
-`scripts/evaluate.py --write-doc`), the editing table in the main README, and what the numbers mean, why the
+`scripts/evaluate.py --write-doc`), the editing table in `docs/editing.md`, and what the numbers mean, why the
 text side is weak and what would fix it in `docs/faceworld_analysis.md`.
 
 ## Use
@@ -329,7 +329,7 @@ text side is weak and what would fix it in `docs/faceworld_analysis.md`.
 make demo                                                    # samples from these models (outputs/demo/)
 python scripts/generate.py --config checkpoints/faceworld/codiff.yaml --ckpt checkpoints/faceworld/codiff.safetensors \\
     --mask MASK.png --text "He has a short beard. He is in his thirties." --method collaborative,composable,text,mask
-python scripts/evaluate.py ...                               # the evaluation table (see the main README)
+python scripts/evaluate.py ...                               # the evaluation table (see docs/evaluation.md)
 ```
 """
 
