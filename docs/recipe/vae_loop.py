@@ -5,13 +5,11 @@ wall-clock budget; saves NAME.ckpt. The printed age/beard numbers use --evaldir'
   python scripts/vae_ceiling.py --config configs/faceworld/vae.yaml --ckpt crop48.ckpt --data DATA --num 500 --parser P --classifier C
 """
 import sys, time, json, argparse, math, torch, numpy as np
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.data.celeba import PreprocessedFaces
-from ldm.evaluation.evaluators import load_evaluator
-from ldm.evaluation.evaluators import to_condition_grid
+from ldm.evaluation.evaluators import load_evaluator, to_condition_grid
 p = argparse.ArgumentParser()
 p.add_argument("--name"); p.add_argument("--ch", type=int, default=32); p.add_argument("--nrb", type=int, default=1)
 p.add_argument("--mult", default="1,2,2"); p.add_argument("--bs", type=int, default=8); p.add_argument("--lr", type=float, default=1e-3)
