@@ -4,7 +4,7 @@ wall-clock budget; saves NAME.ckpt. The printed age/beard numbers use --evaldir'
   python docs/recipe/vae_loop.py --name crop48 --threads 1 --minutes 14 --eval_every 100 --root DATA --evaldir EV --bf16 --cosine --crop 48
   python scripts/vae_ceiling.py --config configs/faceworld/vae.yaml --ckpt crop48.ckpt --data DATA --num 500 --parser P --classifier C
 """
-import sys, time, json, argparse, math, torch, numpy as np
+import time, json, argparse, math, torch, numpy as np
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from ldm.modules.autoencoder import AutoencoderKL
