@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ldm.config import instantiate, load_config
 from ldm.data import faceworld as fw
-from ldm.evaluation.evaluators import classifier_accuracy, parser_pixel_accuracy, to_condition_grid
+from ldm.evaluation.evaluators import classifier_accuracy, load_evaluator, parser_pixel_accuracy, to_condition_grid
 from ldm.modules.attribute_classifier import AttributeClassifier
 from ldm.modules.face_parser import FaceParser
 from ldm.training import LaunchOptions, train
@@ -93,6 +93,11 @@ def test_a_few_training_steps_from_the_config(name: str, tmp_path: Path):
     assert state["global_step"] == 3 and any(k.startswith(f"{name}.") for k in state["state_dict"])
     first, last = (float(v) for v in _losses(tmp_path / "run")[::2][:2])
     assert first > 0 and last == last  # logged, finite
+    # the training checkpoint scores images as it is: its run's config.yaml beside it builds the network
+    network = load_evaluator(ckpt_dir / "last.ckpt", name)
+    assert isinstance(network, FaceParser if name == "parser" else AttributeClassifier)
+    expected = state["state_dict"][f"{name}.{next(iter(network.state_dict()))}"]
+    assert torch.equal(next(iter(network.state_dict().values())), expected)
 
 
 def _losses(run: Path) -> list[str]:

@@ -45,7 +45,8 @@ def evaluator_class(kind: str) -> type:
 
 
 def load_evaluator(path: str | os.PathLike, kind: str, device: str | torch.device = "cpu") -> nn.Module:
-    """Build evaluator ``kind`` ("parser" or "classifier") from ``path`` and its ``.yaml`` beside it."""
+    """Build evaluator ``kind`` ("parser" or "classifier") from ``path`` and its ``.yaml`` beside it (for a
+    training checkpoint, the run's ``config.yaml`` in the same folder)."""
     _, name, flag = EVALUATORS[kind]
     path = Path(path)
     if not path.is_file():
@@ -53,6 +54,8 @@ def load_evaluator(path: str | os.PathLike, kind: str, device: str | torch.devic
             f"{name} weights {path} do not exist; train the FaceWorld evaluators (make train-faceworld) or pass {flag} PATH"
         )
     config = path.with_suffix(".yaml")
+    if not config.is_file() and (path.parent / "config.yaml").is_file():
+        config = path.parent / "config.yaml"  # a training checkpoint: its run's resolved config sits beside it
     cls = evaluator_class(kind)
     built = instantiate(load_config(config).model, load_weights=False) if config.is_file() else cls()
     load_strict(built, load_state_dict(path), source=str(path))
