@@ -6,7 +6,7 @@ float16 safetensors with resolved configs. Finished stages are skipped on a re-r
 resumes from its last checkpoint. Sizes and step counts are in configs/faceworld/*.yaml.
 
 Examples:
-  python scripts/train_faceworld.py                                   # the full recipe (about 85 min, 2 CPU cores)
+  python scripts/train_faceworld.py                                   # the full recipe (about 175 min, 2 CPU cores)
   python scripts/train_faceworld.py --work /tmp/fw --export /tmp/fw/ckpt --num 32 --steps 2 --batch-size 2   # smoke run
   python scripts/train_faceworld.py --work outputs/fw_gpu --export outputs/fw_gpu/ckpt --accelerator gpu --steps 20000  # longer, on a GPU
 """
