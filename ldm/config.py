@@ -81,6 +81,7 @@ class TrainSettings:
     lr_schedule: str = "constant"  # constant (released) or cosine: decay to lr_min_ratio x lr by max_steps (ldm.callbacks.LearningRateSchedule)
     warmup_steps: int = 0  # linear warm-up from 0 over this many steps (0: none, as released)
     lr_min_ratio: float = 0.1  # the cosine schedule's final learning rate as a fraction of the peak
+    cache_latents: bool = False  # experts and diffusers: encode each training image once (ldm.models.latent_cache); off as released
 
 
 @dataclass

@@ -163,6 +163,8 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
     train_set = instantiate(cfg.data.train)
     val_set = instantiate(cfg.data.validation) if "validation" in cfg.data else None
     model = instantiate(cfg.model, learning_rate=lr)
+    if settings.cache_latents:
+        train_set = cached_training_set(train_set, model)
 
     if settings.max_steps is None or settings.max_steps < 0:
         if settings.max_epochs is None:
@@ -234,6 +236,21 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
     return checkpoint_dir
+
+
+def cached_training_set(train_set: Dataset, model: pl.LightningModule) -> Dataset:
+    """``train.cache_latents``: the training set with sample indices, and the model told to cache its latents."""
+    from ldm.models.common import LatentDiffusionBase
+    from ldm.models.latent_cache import IndexedSamples, check_cacheable
+
+    if not isinstance(model, LatentDiffusionBase):
+        raise ConfigError(
+            f"train.cache_latents is true but {type(model).__name__} does not encode its images with a frozen VAE "
+            "(only the experts and the dynamic diffusers do); remove train.cache_latents from this config"
+        )
+    check_cacheable(train_set)
+    model.use_latent_cache(len(train_set))
+    return IndexedSamples(train_set)
 
 
 def _parse_devices(devices: str) -> int | list[int]:

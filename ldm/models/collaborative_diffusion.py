@@ -62,7 +62,7 @@ class CollaborativeDiffusion(LatentDiffusionBase):
     # ---- training -------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> torch.Tensor:
         """‖Σ_m w_m ε_m − ε‖² with w = softmax_m(D_φm(x_t, t, c_m)) per pixel; experts frozen."""
-        x_t, t, noise, _ = self.noisy_latents(batch["image"], generator, shard)
+        x_t, t, noise, _ = self.noisy_latents(batch, generator, shard)
         eps, logits = {}, {}
         for m in self.modalities:
             with torch.no_grad():

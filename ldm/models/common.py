@@ -11,6 +11,7 @@ import torch.nn as nn
 from ldm.diffusion.schedule import NoiseSchedule
 from ldm import seeding
 from ldm.errors import ConfigError
+from ldm.models.latent_cache import INDEX_KEY, LatentCache
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """A generator for one training step, a pure function of (seed, step, rank).
@@ -82,6 +83,7 @@ class LatentDiffusionBase(pl.LightningModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.seed = seed
+        self.latent_cache: LatentCache | None = None  # see use_latent_cache
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules that stay in eval mode when Lightning calls ``.train()``."""
@@ -101,15 +103,30 @@ class LatentDiffusionBase(pl.LightningModule):
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z / self.scale_factor)
 
-    def noisy_latents(
-        self, images: torch.Tensor, generator: torch.Generator, shard: BatchShard = BatchShard()
-    ) -> NoisyLatents:
+    def use_latent_cache(self, num_samples: int) -> None:
+        """Keep the VAE posterior of each training image after its first encoding (``train.cache_latents``);
+        batches must then carry ``index`` (:class:`ldm.models.latent_cache.IndexedSamples`)."""
+        self.latent_cache = LatentCache(num_samples)
+
+    @torch.no_grad()
+    def posterior_moments(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of q(z | image) for the batch's images, from the latent cache when it is on."""
+
+        def encode(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            posterior = self.vae.encode(images)
+            return posterior.mean, posterior.std
+
+        if self.latent_cache is None or INDEX_KEY not in batch:  # no cache, or a validation batch
+            return encode(batch["image"])
+        return self.latent_cache.moments(batch[INDEX_KEY], batch["image"], encode)
+
+    def noisy_latents(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> NoisyLatents:
         """x0 = E(image)·scale; t ~ U{0..T-1}; ε ~ N(0, I); x_t = q_sample(x0, t, ε).
 
         The posterior sample, t and ε are drawn for the global batch and ``shard`` keeps this rank's rows."""
         with torch.no_grad():
-            posterior = self.vae.encode(images)
-            x0 = (posterior.mean + posterior.std * shard.randn(posterior.mean, generator)) * self.scale_factor
+            mean, std = self.posterior_moments(batch)
+            x0 = (mean + std * shard.randn(mean, generator)) * self.scale_factor
         t = shard.rows(self.schedule.sample_timesteps(x0.shape[0] * shard.world_size, generator, x0.device))
         noise = shard.randn(x0, generator)
         return NoisyLatents(self.schedule.q_sample(x0, t, noise), t, noise, x0)

@@ -76,7 +76,7 @@ class LatentDiffusion(LatentDiffusionBase):
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> torch.Tensor:
         """‖target − f_θ(x_t, t, c)‖² for the batch's images and conditions (target ε, or v for a v-expert),
         optionally min-SNR weighted per sample."""
-        x_t, t, noise, x0 = self.noisy_latents(batch["image"], generator, shard)
+        x_t, t, noise, x0 = self.noisy_latents(batch, generator, shard)
         context = self.expert.encode(batch[self.cond_key])  # [B, N, 640]
         error = (self.expert.predict(x_t, t, context).float() - self.expert.target(x0, noise, t).float()) ** 2
         if self.min_snr_gamma is None:
