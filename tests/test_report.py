@@ -76,3 +76,26 @@ def test_noise_checks_compare_each_method_with_the_real_images():
     assert lines[0].startswith("PASS: collaborative") and "1.20x" in lines[0]
     assert lines[1].startswith("FAIL: text") and "5.00x" in lines[1]
     assert noise_checks({"collaborative": {"hf_energy": 0.01}}) == []
+
+
+def test_faceworld_targets_pass_and_fail_on_their_bars():
+    from ldm.evaluation.report import RECONSTRUCTION, faceworld_target_checks
+
+    good = {
+        RECONSTRUCTION: {"mask_accuracy": 0.97, "age": 0.93, "beard": 0.95},
+        "text": {"mask_accuracy": 0.50, "text_accuracy": 0.80, "frechet_distance": 0.30},
+        "mask": {"mask_accuracy": 0.92, "text_accuracy": 0.30, "frechet_distance": 0.20},
+        "composable": {"joint_accuracy": 0.40, "frechet_distance": 0.25},
+        "collaborative": {"mask_accuracy": 0.905, "text_accuracy": 0.775, "joint_accuracy": 0.70, "frechet_distance": 0.10},
+    }
+    # per-sample joint accuracy: collaborative 1/0 alternating at 0.7, composable at 0.4 -> a clear gain
+    records = [{"method": "collaborative", "index": i, "joint_accuracy": 1.0 if i % 10 < 7 else 0.0} for i in range(100)]
+    records += [{"method": "composable", "index": i, "joint_accuracy": 1.0 if i % 10 < 4 else 0.0} for i in range(100)]
+    lines = faceworld_target_checks(good, records)
+    assert len(lines) == 9 and all(line.startswith("PASS") for line in lines), lines
+
+    bad = {**good, RECONSTRUCTION: {"mask_accuracy": 0.95, "age": 0.93, "beard": 0.95},
+           "collaborative": {**good["collaborative"], "text_accuracy": 0.76, "frechet_distance": 0.22}}
+    assert [line[:4] for line in faceworld_target_checks(bad, records)].count("FAIL") == 3  # ceiling mask, text margin, FD vs mask
+    assert faceworld_target_checks(good)[-2].startswith("FAIL")  # no records: the joint gain's CI is unknown
+    assert faceworld_target_checks({"collaborative": {}}) == []
