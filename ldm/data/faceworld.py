@@ -84,7 +84,7 @@ LABELS_FILE = celeba.LABELS_FILE  # one name for the labels file (the dataset re
 # Versions of the renderer (stored in meta.json; the factors, captions and masks are the same in all):
 # 1 drew the caption cues at pixel scale, 2 draws them at a scale the VAE's 16x16 latent grid keeps.
 VERSIONS = (1, 2)
-VERSION = 1  # the default: the world the shipped checkpoints/faceworld models were trained on
+VERSION = 2  # the default: the world the shipped checkpoints/faceworld models were trained on
 LATEST_VERSION = 2  # what `make train-faceworld` trains on
 
 AGE_LEVELS = ("teen", "young adult", "thirties", "middle-aged", "elderly")

@@ -75,17 +75,19 @@ class EditCase:
     mask_change: str  # "glasses" or "hair_length"
 
 
-def faceworld_case(seed: int, index: int, size: int, supersample: Optional[int] = None, mask_change: str = "glasses") -> EditCase:
-    """FaceWorld face ``index`` of the world ``seed``, rendered at ``size`` (the input image is the render), with
-    its edit targets (module docstring); ``mask_change`` is "glasses" (toggled) or "hair_length" (one level longer)."""
+def faceworld_case(seed: int, index: int, size: int, supersample: Optional[int] = None, mask_change: str = "glasses",
+                   version: int = faceworld.VERSION) -> EditCase:
+    """FaceWorld face ``index`` of the world ``seed`` (renderer ``version``), rendered at ``size`` (the input image
+    is the render), with its edit targets (module docstring); ``mask_change`` is "glasses" (toggled) or
+    "hair_length" (one level longer)."""
     if mask_change not in ("glasses", "hair_length"):
         raise ValueError(f"mask_change must be 'glasses' or 'hair_length', got {mask_change!r}")
     f = faceworld.sample_factors(seed, index)
     age = (f.age + 2) % len(faceworld.AGE_LEVELS)
     beard = (f.beard + 2) % len(faceworld.BEARD_LEVELS) if f.gender == 1 else 0  # women have no beard
     change = {"glasses": 1 - f.glasses} if mask_change == "glasses" else {"hair_length": (f.hair_length + 1) % 3}
-    source = faceworld.render_sample(seed, index, size, supersample)
-    target = faceworld.render_sample(seed, index, size, supersample, **change)
+    source = faceworld.render_sample(seed, index, size, supersample, version=version)
+    target = faceworld.render_sample(seed, index, size, supersample, version=version, **change)
     return EditCase(
         name=str(index), image=Image.fromarray(source.image), source_mask=source.mask, target_mask=target.mask,
         target_caption=faceworld.make_caption(replace(f, age=age, beard=beard)),
@@ -102,6 +104,7 @@ def faceworld_cases(root: str | Path, num: int, resolution: int) -> list[EditCas
     if meta.get("kind") != "faceworld":
         raise DataError(f"{root} is not a FaceWorld (its meta.json has no kind 'faceworld'); make one with scripts/make_faceworld.py")
     seed, size, supersample = int(meta["seed"]), int(meta["size"]), int(meta["supersample"])
+    version = int(meta.get("version", 1))  # worlds made before versions were recorded are version 1
     if size != resolution:
         raise DataError(f"{root} holds {size}x{size} faces but the model works at {resolution}x{resolution}; use a FaceWorld of that size")
     names = split_names([str(i) for i in range(int(meta["num"]))], "test", int(meta["test_size"]), str(root / "meta.json"))
@@ -109,7 +112,7 @@ def faceworld_cases(root: str | Path, num: int, resolution: int) -> list[EditCas
         raise UserError(f"--num {num} is more than the {len(names)} test faces of {root}; give --num {len(names)} or fewer")
     cases = []
     for k, name in enumerate(names[:num]):
-        case = faceworld_case(seed, int(name), size, supersample, "glasses" if k % 2 == 0 else "hair_length")
+        case = faceworld_case(seed, int(name), size, supersample, "glasses" if k % 2 == 0 else "hair_length", version)
         cases.append(replace(case, image=read_image(faceworld.sample_paths(root, name, size).image, resolution)))
     return cases
 
