@@ -194,7 +194,8 @@ def test_versions_share_factors_and_masks_and_differ_in_caption_cues():
 def test_make_faceworld_records_its_version(tmp_path):
     import json
 
-    fw.make_faceworld(tmp_path / "v2", 3, seed=3, size=SIZE, test_size=1, progress=False, version=2)
-    assert json.loads((tmp_path / "v2" / "meta.json").read_text())["version"] == 2
-    with pytest.raises(DataError, match="version=2 not 1"):
-        fw.make_faceworld(tmp_path / "v2", 3, seed=3, size=SIZE, test_size=1, progress=False)
+    fw.make_faceworld(tmp_path / "v1", 3, seed=3, size=SIZE, test_size=1, progress=False, version=1)
+    assert json.loads((tmp_path / "v1" / "meta.json").read_text())["version"] == 1
+    assert fw.VERSION == 2  # the default world: the shipped models' (checkpoints/faceworld)
+    with pytest.raises(DataError, match="version=1 not 2"):
+        fw.make_faceworld(tmp_path / "v1", 3, seed=3, size=SIZE, test_size=1, progress=False)
