@@ -41,6 +41,7 @@ logger = logging.getLogger("demo")
 CHAIN = ("vae", "text", "mask", "codiff")
 METHODS = ["collaborative", "composable", "text", "mask"]
 TINY_STEPS = 20  # the tiny chain's steps unless --steps is given
+OVERVIEW_TILE = 96  # px per overview tile: large enough for a whole caption
 SHIPPED = ("codiff.yaml", "codiff.safetensors", "text.safetensors", "mask.safetensors", "vae.safetensors", "recipe.json")
 
 
@@ -98,9 +99,9 @@ def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
         path = pair_dir / "grid.png"
         save_png(sample_grid(rows, pair_conditions, GRID_TILE), path)
         written.append(path)
-        columns.append(condition_tiles(pair_conditions, 0, 64) + [to_uint8(rows[m][0]) for m in METHODS])
+        columns.append(condition_tiles(pair_conditions, 0, OVERVIEW_TILE) + [to_uint8(rows[m][0]) for m in METHODS])
     path = out / "overview.png"  # one column per pair; rows: mask, caption, then each method's first sample
-    save_png(grid([list(r) for r in zip(*columns)], 64, labels=["mask", "caption", "collaborative", "composable", "text only", "mask only"]), path)
+    save_png(grid([list(r) for r in zip(*columns)], OVERVIEW_TILE, labels=["mask", "caption", "collaborative", "composable", "text only", "mask only"]), path)
     return written + [path]
 
 
