@@ -14,7 +14,7 @@ What is measured (``scripts/benchmark.py`` is the command line):
   reset before each measurement where Linux allows it).
 - **images/s at equal quality** (``equal_quality``): whole sampling runs, condition encoding and VAE decoding
   excluded, of the released sampler (DDIM 50, eta 1) and of the recommended fewer-step sampler
-  (:data:`ldm.diffusion.samplers.RECOMMENDED`, which matches DDIM 50's quality on FaceWorld: docs/samplers.md),
+  (:data:`ldm.diffusion.samplers.RECOMMENDED`, the closest fewer-step setting to DDIM 50's quality on FaceWorld: docs/samplers.md),
   one after the other on the fast path with the same weights and x_T, and the speed-up of the second.
 - **FLOPs** per image of one sampling step and of one training step, counted once per model with
   ``torch.utils.flop_counter.FlopCounterMode`` (eager, explicit attention, no recomputation), which gives the

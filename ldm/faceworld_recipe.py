@@ -320,8 +320,8 @@ Total: {summary['total_mb']:.1f} MB.
 ## What they score
 
 The evaluation of the paper's claim with these files is in `docs/faceworld_results.md` (made by
-`scripts/evaluate.py --write-doc`), the editing table in `docs/editing.md`, and what the numbers mean, why the
-text side is weak and what would fix it in `docs/faceworld_analysis.md`.
+`scripts/evaluate.py --write-doc`), the editing table in `docs/editing.md`, and what the numbers mean, which
+quality targets they meet and what limits the rest in `docs/faceworld_analysis.md`.
 
 ## Use
 

@@ -7,7 +7,7 @@ peak memory, and the achieved FLOP/s (FLOPs counted once per model; --peak-tflop
 stated peak). --reference also runs the plain path (fp32, explicit softmax attention, checkpointing on, no
 compile) in the same run on the same weights, x_T (eta 0) and training draws, checks that the outputs agree
 and prints the speed-up. Exit code 1 if they disagree. --equal-quality also times whole sampling runs of the
-released sampler (DDIM 50, eta 1) and of the recommended fewer-step one, whose quality matches it
+released sampler (DDIM 50, eta 1) and of the recommended fewer-step one, closest to it in quality
 (docs/samplers.md), and prints the images/s of both and the speed-up. Details: docs/performance.md.
 
 Examples:
