@@ -46,7 +46,7 @@ from ldm.cli import (
     setup_logging,
     writable_dir,
 )
-from ldm.config import load_config, sample_settings
+from ldm.config import edit_settings, load_config, sample_settings
 from ldm.data.celeba import read_image
 from ldm.editing import EditOptions, fit_to_resolution, parse_alphas
 from ldm.errors import UserError
@@ -81,9 +81,11 @@ def parse(argv):
     p.add_argument("--edit-mask", default=None, help="target mask PNG of the edit")
     p.add_argument("--embed-steps", type=int, default=FIGURE_EDIT_STEPS, help=f"edit stage A steps (released: {RELEASED.embed_steps})")
     p.add_argument("--finetune-steps", type=int, default=FIGURE_EDIT_STEPS, help=f"edit stage B steps (released: {RELEASED.finetune_steps})")
-    p.add_argument("--embed-lr", type=float, default=RELEASED.embed_lr, help=f"edit stage A learning rate (released: {RELEASED.embed_lr:g})")
-    p.add_argument("--finetune-lr", type=float, default=FIGURE_FINETUNE_LR,
-                   help=f"edit stage B learning rate (released: {RELEASED.finetune_lr:g} for the 403.6M experts; small experts need more)")
+    p.add_argument("--embed-lr", type=float, default=None,
+                   help=f"edit stage A learning rate (default: the config's edit section, else the released {RELEASED.embed_lr:g})")
+    p.add_argument("--finetune-lr", type=float, default=None,
+                   help=f"edit stage B learning rate (default: the config's edit section, else {FIGURE_FINETUNE_LR:g}; released "
+                        f"{RELEASED.finetune_lr:g} for the 403.6M experts; small experts need more)")
     p.add_argument("--alphas", default=FIGURE_ALPHAS, help="the α sweep, shared by the three edit modes")
     p.add_argument("--edit-runs", default="outputs/figures/edits", help="the edits' resumable run directories")
     p.add_argument("--size", type=int, default=None, help="panel size in px (default: 128, or the image size above 128 up to 256)")
@@ -132,9 +134,12 @@ def main(argv=None):
     defaults = sample_settings(cfg)
     settings = pf.GenerationSettings(sampling=sampler_options(args, defaults), preset=args.preset or defaults.preset,
                                      seed=args.seed, samples=args.samples, influence_steps=args.influence_steps)
+    edit_defaults = edit_settings(cfg)  # the model's learning rates; the figure keeps its own shorter stages
+    embed_lr = args.embed_lr if args.embed_lr is not None else (edit_defaults.embed_lr or RELEASED.embed_lr)
+    finetune_lr = args.finetune_lr if args.finetune_lr is not None else (edit_defaults.finetune_lr or FIGURE_FINETUNE_LR)
     edit_options = EditOptions(
-        embed_steps=args.embed_steps, embed_lr=args.embed_lr, finetune_steps=args.finetune_steps,
-        finetune_lr=args.finetune_lr, alphas=parse_alphas(args.alphas), seed=args.seed, preset=settings.preset,
+        embed_steps=args.embed_steps, embed_lr=embed_lr, finetune_steps=args.finetune_steps,
+        finetune_lr=finetune_lr, alphas=parse_alphas(args.alphas), seed=args.seed, preset=settings.preset,
         **{k: v for k, v in settings.sampling.to_dict().items()},
     )
     edit_options.check()
