@@ -33,10 +33,10 @@ def test_paper_configs_keep_the_released_defaults():
 
 def test_the_config_section_overrides_the_released_values_and_flags_override_it():
     cfg = load_config(FACEWORLD)
-    assert edit_defaults(cfg, "text") == {"embed_steps": 100, "embed_lr": 1e-3, "finetune_steps": 100, "finetune_lr": 1e-4,
+    assert edit_defaults(cfg, "text") == {"embed_steps": 100, "embed_lr": 1e-2, "finetune_steps": 100, "finetune_lr": 1e-4,
                                           "alphas": (0.0, 0.5, 1.0, 1.5, 2.0)}
     values = edit_values(flags("--finetune-lr", "3e-5", "--alphas", "0,1"), cfg, "text")
-    assert values == {"embed_steps": 100, "embed_lr": 1e-3, "finetune_steps": 100, "finetune_lr": 3e-5, "alphas": (0.0, 1.0)}
+    assert values == {"embed_steps": 100, "embed_lr": 1e-2, "finetune_steps": 100, "finetune_lr": 3e-5, "alphas": (0.0, 1.0)}
     partial = load_config(PAPER, ["edit.finetune_lr=1e-4"])  # a section may set some keys only
     assert edit_defaults(partial, "text")["finetune_lr"] == 1e-4
     assert edit_defaults(partial, "text")["embed_steps"] == 500
