@@ -33,7 +33,7 @@ from ldm.diffusion.collaborative import CollaborativeOptions
 from ldm.diffusion.samplers import RECOMMENDED
 from ldm.figures import condition_tiles, write_comparison
 from ldm.images import grid, save_png, to_uint8
-from ldm.paper_figures import faceworld_pairs
+from ldm.paper_figures import GenerationSettings, Pair, faceworld_pairs, influence_figure
 from ldm.pipeline import load_model
 from ldm.training import LaunchOptions, train
 
@@ -85,7 +85,14 @@ def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
         if result.trace is not None:
             decode = lambda z: model.decode_latents(z.to(model.device)).cpu()  # noqa: E731
             first = {"seg_mask": conditions["seg_mask"][:1], "text": conditions["text"][:1]}
-            written += save_influence_figures(result.trace, decode, first, result.images, out / f"pair0_{pairs[0][0]}" / "influence")
+            influence_dir = out / f"pair0_{pairs[0][0]}" / "influence"
+            written += save_influence_figures(result.trace, decode, first, result.images, influence_dir)
+            # the same maps as a figure that explains itself: timesteps on the axis, one colour scale
+            settings = GenerationSettings(sampling=args.sampling, preset=args.preset, seed=args.seed)
+            figure = influence_figure(Pair(*pairs[0]), result.trace, 0, result.images[0], decode, settings, 128,
+                                      "shipped FaceWorld models", "supplementary Fig. A4")
+            save_png(figure.image, influence_dir / "influence.png")
+            written.append(influence_dir / "influence.png")
     columns = []
     for i, (name, _, _) in enumerate(pairs):
         pair_dir = out / f"pair{i}_{name}"
@@ -157,7 +164,7 @@ def main(argv=None):
         logger.info("no shipped FaceWorld models in %s (make train-faceworld); training the tiny chain", ckpt_dir)
         written = tiny_demo(args, out)
     for path in written:
-        if path.name in ("grid.png", "influence_seg_mask.png", "influence_text.png", "overview.png"):
+        if path.name in ("grid.png", "influence.png", "influence_seg_mask.png", "influence_text.png", "overview.png"):
             print(path)
     return 0
 

@@ -63,6 +63,7 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     printed = capsys.readouterr().out.split()
     assert str(tmp_path / "demo" / "overview.png") in printed and sum(p.endswith("grid.png") for p in printed) == 2
     assert any(p.endswith("influence_text.png") for p in printed)
+    assert any(p.endswith("influence/influence.png") for p in printed)  # the labelled figure (timesteps, colour scale)
 
     # a re-run skips every finished stage and exports the same weights
     before = (work / "runs" / "vae" / "done.json").read_text()
