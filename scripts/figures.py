@@ -48,7 +48,7 @@ from ldm.cli import (
 )
 from ldm.config import edit_settings, load_config, sample_settings
 from ldm.data.celeba import read_image
-from ldm.editing import EditOptions, fit_to_resolution, parse_alphas
+from ldm.editing import EditOptions, edit_defaults, fit_to_resolution, parse_alphas
 from ldm.errors import UserError
 from ldm.evaluation.edit_metrics import run_edit_modes
 from ldm.pipeline import load_model
@@ -134,9 +134,10 @@ def main(argv=None):
     defaults = sample_settings(cfg)
     settings = pf.GenerationSettings(sampling=sampler_options(args, defaults), preset=args.preset or defaults.preset,
                                      seed=args.seed, samples=args.samples, influence_steps=args.influence_steps)
-    edit_defaults = edit_settings(cfg)  # the model's learning rates; the figure keeps its own shorter stages
-    embed_lr = args.embed_lr if args.embed_lr is not None else (edit_defaults.embed_lr or RELEASED.embed_lr)
-    finetune_lr = args.finetune_lr if args.finetune_lr is not None else (edit_defaults.finetune_lr or FIGURE_FINETUNE_LR)
+    # the model's learning rates (config edit: section over the released ones); the figure keeps its own shorter
+    # stages, and without a configured stage B rate its own, since the released 1e-6 hardly moves a small expert
+    embed_lr = args.embed_lr if args.embed_lr is not None else edit_defaults(cfg, "collaborative")["embed_lr"]
+    finetune_lr = args.finetune_lr if args.finetune_lr is not None else (edit_settings(cfg).finetune_lr or FIGURE_FINETUNE_LR)
     edit_options = EditOptions(
         embed_steps=args.embed_steps, embed_lr=embed_lr, finetune_steps=args.finetune_steps,
         finetune_lr=finetune_lr, alphas=parse_alphas(args.alphas), seed=args.seed, preset=settings.preset,
