@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from ldm.checkpoints import convert_file, load_state_dict, pretrained, pretrained_overrides
-from ldm.config import load_config, save_config
+from ldm.config import RENAMED_MODULES, load_config, save_config
 from ldm.data.celeba import PreprocessedFaces
 from ldm.data.faceworld import LATEST_VERSION as FACEWORLD_VERSION
 from ldm.data.faceworld import make_faceworld
@@ -46,6 +47,12 @@ logger = logging.getLogger(__name__)
 CONFIGS = Path("configs/faceworld")
 MODELS = ("vae", "text", "mask", "codiff", "parser", "classifier")
 RESOLUTION = 64
+# what each trained stage is built on: a stage finished before one of these was (re)trained is stale
+BUILT_ON = {"scale": ("vae",), "text": ("vae", "scale"), "mask": ("vae", "scale"), "codiff": ("vae", "scale", "text", "mask"),
+            "usage": ("text", "mask")}
+# config entries that change how a stage runs, not what it trains: a finished stage is not stale when only these differ
+RUN_ONLY = ("train.cache_latents", "train.num_workers", "train.log_every_n_steps", "train.checkpoint_every_n_steps",
+            "train.logger", "sample.", "edit.")
 
 
 @dataclass(frozen=True)
@@ -132,8 +139,32 @@ class Recipe:
                        version=FACEWORLD_VERSION)
         self.finish("data", {"num": self.o.num, "seed": self.o.data_seed, "seconds": round(time.time() - start, 1)})
 
+    def check_current(self, stage: str) -> None:
+        """Refuse to reuse a finished stage that no longer matches the recipe: one trained with another config than
+        configs/faceworld/<stage>.yaml now gives, or one finished before a stage it is built on was (re)trained."""
+        done = self.done_file(stage)
+        changed = []
+        if stage in MODELS and (self.runs / stage / "checkpoints" / "config.yaml").is_file():
+            trained = load_config(self.runs / stage / "checkpoints" / "config.yaml")
+            changed = config_changes(trained, load_config(CONFIGS / f"{stage}.yaml", self.overrides(stage)))
+        newer = [dep for dep in BUILT_ON.get(stage, ()) if self.done_file(dep).is_file()
+                 and self.done_file(dep).stat().st_mtime > done.stat().st_mtime]
+        if not changed and not newer:
+            return
+        later = [s for s, deps in BUILT_ON.items() if stage in deps]
+        later = sorted({*later, *(s for s, deps in BUILT_ON.items() if set(deps) & set(later))} - {stage})
+        why = (f"configs/faceworld/{stage}.yaml changed since it was trained ({'; '.join(changed)})" if changed
+               else f"it finished before {', '.join(f'runs/{d}' for d in newer)} was retrained")
+        moves = " ".join(str(self.runs / s) for s in (stage, *later) if (self.runs / s).exists())
+        raise UserError(
+            f"{self.runs / stage} is out of date: {why}. To train it again, move aside the stage and those built on it "
+            f"(e.g. mkdir -p {self.o.work}/old && mv {moves} {self.o.work}/old/) and run again; to keep the trained "
+            "models, restore the config"
+        )
+
     def stage_train(self, name: str) -> None:
         if self.record(name):
+            self.check_current(name)
             return
         cfg = load_config(CONFIGS / f"{name}.yaml", self.overrides(name))
         run_dir = self.runs / name
@@ -154,6 +185,7 @@ class Recipe:
 
     def stage_scale(self) -> None:
         if self.record("scale"):
+            self.check_current("scale")
             return
         vae = pretrained(str(CONFIGS / "vae.yaml"), "vae", str(self.ckpt("vae"))).eval()
         data = PreprocessedFaces(str(self.data), split="train", resolution=RESOLUTION, keys=["image"])
@@ -196,6 +228,7 @@ class Recipe:
     def stage_usage(self, num: int = 128) -> None:
         """How much each expert uses its condition (:mod:`ldm.evaluation.condition_usage`) on test images."""
         if self.record("usage"):
+            self.check_current("usage")
             return
         from ldm.evaluation.condition_usage import condition_usage, eps_error_profile
         from ldm.pipeline import load_model
@@ -237,6 +270,28 @@ class Recipe:
         atomic_write_bytes(export / "README.md", readme(summary).encode())
         logger.info("exported to %s (%.1f MB)", export, summary["total_mb"])
         return summary
+
+
+def config_changes(trained, current) -> list[str]:
+    """'key: old -> new' for every entry where two configs differ in what they train (:data:`RUN_ONLY` aside;
+    old module names of targets count as their new ones)."""
+    def flat(node, prefix=""):
+        out = {}
+        for key, value in node.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                if key == "target" and isinstance(value, str):
+                    module, _, attr = value.rpartition(".")
+                    value = f"{RENAMED_MODULES.get(module, module)}.{attr}"
+                out[prefix + key] = value
+        return out
+
+    old = flat(OmegaConf.to_container(trained, resolve=True))
+    new = flat(OmegaConf.to_container(current, resolve=True))
+    keys = sorted(k for k in old.keys() | new.keys()
+                  if old.get(k) != new.get(k) and not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RUN_ONLY))
+    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in keys]
 
 
 def readme(summary: dict) -> str:

@@ -70,3 +70,23 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     assert _script().main(args) == 0
     assert (work / "runs" / "vae" / "done.json").read_text() == before
     assert torch.equal(load_file(export / "codiff.safetensors")["diffusers.text.unet.out.2.weight"], codiff["diffusers.text.unet.out.2.weight"])
+
+    # a finished stage that no longer matches the recipe is refused, not silently reused
+    trained = work / "runs" / "text" / "checkpoints" / "config.yaml"
+    original = trained.read_text()
+    trained.write_text(original.replace("model_channels: 32", "model_channels: 16"))
+    capsys.readouterr()
+    assert _script().main(args) == 2
+    err = capsys.readouterr().err
+    assert "configs/faceworld/text.yaml changed since it was trained" in err and "model_channels: 16 -> 32" in err
+    assert str(work / "runs" / "codiff") in err and str(work / "runs" / "usage") in err  # what is built on it moves too
+    trained.write_text(original)
+    import os
+    done = work / "runs" / "mask" / "done.json"
+    os.utime(done, (done.stat().st_atime, done.stat().st_mtime + 3600))  # the mask expert 'retrained' after codiff
+    assert _script().main(args) == 2
+    assert "runs/codiff is out of date: it finished before" in capsys.readouterr().err
+    os.utime(done, (done.stat().st_atime, done.stat().st_mtime - 3600))
+    assert "cache_latents: true" in original
+    trained.write_text(original.replace("cache_latents: true", "cache_latents: false"))
+    assert _script().main(args) == 0  # run-only settings (cache_latents, logging) never make a stage stale
