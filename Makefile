@@ -4,7 +4,7 @@
 #   make test-oldest -- the same tests on the oldest supported stack (constraints/oldest.txt, in .venv-oldest)
 #   make figures -- the paper's figure kinds from the shipped FaceWorld models into docs/figures/ (see docs/figures.md)
 #   make app    -- the web app on http://127.0.0.1:7860 (installs the app extra, Gradio)
-#   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, about 3 hours on 2 quiet CPU cores)
+#   make train-faceworld -- train and ship the FaceWorld models (checkpoints/faceworld/, about 2.5 hours on 2 CPU cores)
 PYTHON ?= python3
 VENV   ?= .venv
 # pip constraints the venv is installed under: empty takes the newest releases setup.py allows; make test-oldest
@@ -61,7 +61,7 @@ demo: venv
 figures: venv
 	LDM_PROGRESS=0 $(PY) scripts/figures.py --out docs/figures
 
-# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: about 3 hours on 2 quiet CPU cores, fixed seeds
+# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: about 2.5 hours (148 min for the shipped models) on 2 CPU cores, fixed seeds
 # (docs/faceworld_recipe.md); give it the machine to itself.
 train-faceworld: venv
 	LDM_PROGRESS=0 $(PY) scripts/train_faceworld.py --work outputs/faceworld_train --export checkpoints/faceworld
