@@ -151,11 +151,13 @@ class Recipe:
                  and self.done_file(dep).stat().st_mtime > done.stat().st_mtime]
         if not changed and not newer:
             return
-        later = [s for s, deps in BUILT_ON.items() if stage in deps]
-        later = sorted({*later, *(s for s, deps in BUILT_ON.items() if set(deps) & set(later))} - {stage})
+        later, frontier = set(), {stage}  # every stage built on this one, directly or not
+        while frontier:
+            frontier = {s for s, deps in BUILT_ON.items() if set(deps) & frontier} - later
+            later |= frontier
         why = (f"configs/faceworld/{stage}.yaml changed since it was trained ({'; '.join(changed)})" if changed
                else f"it finished before {', '.join(f'runs/{d}' for d in newer)} was retrained")
-        moves = " ".join(str(self.runs / s) for s in (stage, *later) if (self.runs / s).exists())
+        moves = " ".join(str(self.runs / s) for s in (stage, *sorted(later)) if (self.runs / s).exists())
         raise UserError(
             f"{self.runs / stage} is out of date: {why}. To train it again, move aside the stage and those built on it "
             f"(e.g. mkdir -p {self.o.work}/old && mv {moves} {self.o.work}/old/) and run again; to keep the trained "
