@@ -117,6 +117,26 @@ def test_released_key_names():
     assert not any(k.startswith(("input_blocks.1.1.", "input_blocks.2.1.")) for k in paper_keys)  # factor 1: none
 
 
+def test_pooled_context_is_a_second_condition_path_off_by_default():
+    """pooled_context adds Linear(mean of the tokens) to the timestep embedding; the released layout has no such key."""
+    assert not any(k.startswith("context_embed") for k in UNetModel(**TINY).state_dict())
+    x, t, context = tiny_inputs()
+    plain = randomize_zeros(UNetModel(**{**TINY, "attention_downsample_factors": []}))
+    pooled = UNetModel(**{**TINY, "attention_downsample_factors": [], "pooled_context": True})
+    missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["context_embed.weight", "context_embed.bias"] and unexpected == []
+    with torch.no_grad():
+        pooled.context_embed.weight.zero_()
+        pooled.context_embed.bias.zero_()
+        torch.testing.assert_close(pooled(x, t, context), plain(x, t, context))  # a zero path changes nothing
+        pooled.context_embed.weight.normal_()
+        assert not torch.allclose(pooled(x, t, context), plain(x, t, context), atol=1e-3)
+        # a mean, not one token: permuting the tokens changes nothing (cross-attention is permutation-invariant too)
+        torch.testing.assert_close(pooled(x, t, context.flip(1)), pooled(x, t, context), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="pooled_context"):
+        pooled(x, t, None)
+
+
 def test_timestep_embedding_is_cos_then_sin():
     emb = timestep_embedding(torch.tensor([0, 5], dtype=torch.int64), 8)
     assert emb.shape == (2, 8) and emb.dtype == torch.float32

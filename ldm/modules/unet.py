@@ -9,6 +9,7 @@ State-dict keys are exactly the released ones, so official checkpoints load as t
     middle_block.{0,1,2}                   ResBlock, SpatialTransformer, ResBlock
     output_blocks.N.{0,1,2}                ResBlock (on the concatenated skip), SpatialTransformer, Upsample.conv
     out.{0,2}                              GroupNorm, conv to out_channels
+    context_embed                          only with ``pooled_context=True`` (not in the released model)
 
 Attention is placed by downsample factor: ``attention_downsample_factors=[2, 4, 8]`` puts a
 SpatialTransformer at the levels whose feature maps are 2x, 4x and 8x smaller than the input
@@ -19,6 +20,10 @@ The timestep enters every ResBlock in one of two ways (``time_injection``):
 - ``"add"``: the released layout; ``h = h + Linear(SiLU(emb))`` after the first conv.
 - ``"adaln"``: the supplementary's eq. (2); ``h = (1 + s(t)) * LayerNorm(h) + b(t)``, LayerNorm over
   the channels of each pixel (no affine), ``s`` and ``b`` from one linear layer of the embedding.
+
+``pooled_context=True`` (off in the released model) also gives every ResBlock the condition: the mean of the
+condition tokens, through one linear layer, is added to the timestep embedding, as class-conditional diffusion
+models add their class embedding. Cross-attention stays; this is a second, global path.
 """
 
 from __future__ import annotations
@@ -180,6 +185,8 @@ class UNetModel(nn.Module):
         time_injection: ``"add"`` (released) or ``"adaln"`` (supplementary eq. (2)); see the module docstring.
         zero_init_output: zero the output conv, so a fresh model predicts exactly 0.
         dropout: dropout inside the ResBlocks.
+        pooled_context: add ``Linear(mean of the context tokens)`` to the timestep embedding (not in the
+            released model; see the module docstring).
     """
 
     def __init__(
@@ -198,6 +205,7 @@ class UNetModel(nn.Module):
         time_injection: str = "add",
         zero_init_output: bool = True,
         dropout: float = 0.0,
+        pooled_context: bool = False,
     ):
         super().__init__()
         _check_time_injection(time_injection)
@@ -219,6 +227,7 @@ class UNetModel(nn.Module):
         self.model_channels = model_channels
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.context_embed = nn.Linear(context_dim, emb_dim) if pooled_context else None
 
         def res_block(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, emb_dim, cout, dropout, time_injection, use_checkpoint)
@@ -265,6 +274,10 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))  # [B, 4 * model_channels]
+        if self.context_embed is not None:
+            if context is None:
+                raise ValueError("this UNet has pooled_context=True and needs a context")
+            emb = emb + self.context_embed(context.mean(dim=1))  # [B, M, context_dim] -> [B, 4 * model_channels]
         skips = []
         h = x
         for block in self.input_blocks:
