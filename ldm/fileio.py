@@ -60,11 +60,36 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | Path, metadata: Optional[dict] = None) -> None:
-    """Save a state dict as safetensors (contiguous CPU copies; shared storage is cloned), atomically."""
+    """Save a state dict as safetensors (contiguous CPU copies; shared storage is cloned), atomically.
+
+    A file that already holds exactly these tensors and metadata is left as it is: safetensors writes the metadata
+    in no fixed order, so re-saving an unchanged model (a re-export) would otherwise change its bytes."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    atomic_write_bytes(path, save(tensors, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    text_metadata = {k: str(v) for k, v in (metadata or {}).items()}
+    if _holds(path, tensors, text_metadata):
+        return
+    atomic_write_bytes(path, save(tensors, metadata=text_metadata))
+
+
+def _holds(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> bool:
+    """Whether the safetensors file at ``path`` exists and holds exactly ``tensors`` and ``metadata``."""
+    from safetensors import SafetensorError, safe_open
+
+    if not Path(path).is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}) != dict(metadata) or set(f.keys()) != set(tensors):
+                return False
+            for key, value in tensors.items():
+                stored = f.get_tensor(key)
+                if stored.dtype != value.dtype or not torch.equal(stored, value):
+                    return False
+    except (SafetensorError, OSError):
+        return False  # unreadable: overwrite it
+    return True
 
 
 # --------------------------------------------------------------------------------------------------

@@ -185,6 +185,27 @@ def test_safetensors_round_trip(tmp_path):
         assert f.metadata() == {"kind": "ldm", "layout": "native"}
 
 
+def test_saving_the_same_weights_again_keeps_the_file_bytes(tmp_path):
+    """A re-export of an unchanged model must not change the shipped file (safetensors orders metadata freely)."""
+    sd = small_state()
+    path = tmp_path / "weights.safetensors"
+    metadata = {"kind": "evaluator", "layout": "native", "a": "1", "b": "2"}
+    save_safetensors(sd, path, metadata=metadata)
+    data = path.read_bytes()
+    path.write_bytes(data)  # (same bytes, fresh mtime)
+    before = path.stat().st_mtime_ns
+    for _ in range(3):
+        save_safetensors({k: v.clone() for k, v in sd.items()}, path, metadata=dict(reversed(metadata.items())))
+    assert path.read_bytes() == data and path.stat().st_mtime_ns == before
+    changed = {**sd, next(iter(sd)): next(iter(sd.values())) + 1}
+    for new_state, new_metadata in [(changed, metadata), (sd, {**metadata, "a": "3"}), (sd, None)]:
+        save_safetensors(new_state, path, metadata=new_metadata)
+        assert_same_tensors(load_state_dict(path), new_state)
+    path.write_bytes(data[: len(data) // 2])  # an unreadable file is overwritten, not an error
+    save_safetensors(sd, path, metadata=metadata)
+    assert_same_tensors(load_state_dict(path), sd)
+
+
 def test_real_module_save_load_round_trip(tmp_path):
     model = NativeLDM()
     sd = model.state_dict()
