@@ -74,6 +74,7 @@ class TrainSettings:
     precision: str = "32-true"
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 1000
+    keep_checkpoints: Optional[int] = None  # the newest step checkpoints kept beside last.ckpt; null: all of them
     val_check_interval: Optional[int] = None
     logger: str = "tensorboard"
     run_dir: str = "runs"

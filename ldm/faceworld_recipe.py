@@ -52,6 +52,7 @@ BUILT_ON = {"scale": ("vae",), "text": ("vae", "scale"), "mask": ("vae", "scale"
             "usage": ("text", "mask")}
 # config entries that change how a stage runs, not what it trains: a finished stage is not stale when only these differ
 RUN_ONLY = ("train.cache_latents", "train.num_workers", "train.log_every_n_steps", "train.checkpoint_every_n_steps",
+            "train.keep_checkpoints",
             "train.logger", "sample.", "edit.")
 
 

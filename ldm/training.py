@@ -152,6 +152,9 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
         settings.max_steps = launch.max_steps
     if "data" not in cfg or "train" not in cfg.data:
         raise ConfigError("the config has no data.train node; training needs a dataset")
+    keep = settings.keep_checkpoints
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ConfigError(f"train.keep_checkpoints = {keep!r}; use a whole number >= 1, or null to keep every step checkpoint")
     run_dir = Path(launch.run_dir or Path(settings.run_dir) / name)
     checkpoint_dir = run_dir / "checkpoints"
     resume = resolve_resume(launch.resume, checkpoint_dir)
@@ -198,7 +201,8 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
             filename="step{step:08d}",
             auto_insert_metric_name=False,
             every_n_train_steps=max(settings.checkpoint_every_n_steps, 1),
-            save_top_k=-1,
+            # the newest `keep` by step (Lightning deletes older ones as it writes), or all of them
+            **({"save_top_k": -1} if keep is None else {"save_top_k": keep, "monitor": "step", "mode": "max"}),
             save_last=True,
             # overwrite (atomically) rather than write last-v1.ckpt beside a last.ckpt this callback did not
             # write itself (a resumed run whose checkpoint settings changed), which --resume last would then miss

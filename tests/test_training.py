@@ -123,6 +123,23 @@ def test_extending_a_finished_shorter_run_matches_uninterrupted_run(tiny, uninte
     assert_same_weights(run / "checkpoints" / "last.ckpt", uninterrupted["last"])
 
 
+def test_keep_checkpoints_keeps_the_newest_and_resume_still_matches(tiny, uninterrupted, tmp_path, capsys):
+    """train.keep_checkpoints: 2 leaves the two newest step files beside last.ckpt, also across a resume, and the
+    weights are the uninterrupted run's; a value that is not a whole number >= 1 is refused in one line."""
+    run = tmp_path / "kept"
+    checkpoints = run / "checkpoints"
+    assert script("train_ldm").main(train_args(tiny, run, 4, 1, "train.keep_checkpoints=2")) == 0
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["last.ckpt", "step00000003.ckpt", "step00000004.ckpt"]
+    assert script("train_ldm").main(train_args(tiny, run, STEPS, 1, "train.keep_checkpoints=2", "--resume", "last")) == 0
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["last.ckpt", "step00000005.ckpt", "step00000006.ckpt"]
+    assert_same_weights(checkpoints / "last.ckpt", uninterrupted["last"])
+
+    refused = tmp_path / "refused"
+    assert script("train_ldm").main(train_args(tiny, refused, STEPS, 1, "train.keep_checkpoints=0")) == 2
+    assert "train.keep_checkpoints" in one_error_line(capsys.readouterr().err)
+    assert not refused.exists()
+
+
 def test_vae_with_accumulation_resumes_exactly_and_keeps_its_final_state(tiny, tmp_path):
     """The VAE draws posterior samples per micro-batch; with 2 micro-batches per step, a run resumed at step 2
     and a 3-step run (not a multiple of its checkpoint interval) extended to 5 both match the uninterrupted run:
