@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -39,7 +39,7 @@ from ldm.data.celeba import PreprocessedFaces
 from ldm.data.faceworld import LATEST_VERSION as FACEWORLD_VERSION
 from ldm.data.faceworld import make_faceworld
 from ldm.errors import UserError
-from ldm.fileio import atomic_write_bytes, safe_torch_load, save_safetensors
+from ldm.fileio import atomic_torch_save, atomic_write_bytes, safe_torch_load, save_safetensors
 from ldm.training import LaunchOptions, train
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,62 @@ class Recipe:
         if name in ("text", "mask", "codiff"):
             out.append(f"model.params.scale_factor={self.record('scale')['scale_factor']}")
         return out + pretrained_overrides(name, {n: self.ckpt(n) for n in ("vae", "text", "mask")})
+
+    # ---- reusing shipped stages ---------------------------------------------------------------------------
+    def reuse_shipped(self, stages: Sequence[str]) -> list[str]:
+        """Rebuild the run directories of finished ``stages`` from the shipped files in ``export`` (weights, resolved
+        configs and ``recipe.json``), so that a re-run trains only the others: e.g. ``vae, mask, parser,
+        classifier`` retrains the text expert and the dynamic diffusers on the shipped VAE. Reusing the VAE reuses
+        its scale factor, and the parser with the classifier their accuracy record. A reused model is the float16
+        shipped weights as float32, so a stage trained over it differs from a from-scratch run by that rounding.
+        Returns the stages rebuilt. Raises UserError before writing anything when a stage cannot be reused."""
+        stages = list(dict.fromkeys(stages))
+        reusable = ("vae", "text", "mask", "parser", "classifier")
+        unknown = [s for s in stages if s not in reusable]
+        if unknown:
+            raise UserError(f"--reuse-shipped {','.join(unknown)}: only {', '.join(reusable)} can be reused "
+                            "(the dynamic diffusers are what a re-run is for)")
+        summary_file = self.o.export / "recipe.json"
+        if not summary_file.is_file():
+            raise UserError(f"--reuse-shipped needs {summary_file} (the records of the shipped run); pass the --export "
+                            "folder that holds the shipped models")
+        records = json.loads(summary_file.read_text())["stages"]
+        missing_deps = [f"{s} (built on {d})" for s in stages for d in BUILT_ON.get(s, ()) if d in MODELS
+                        and d not in stages and not self.record(d)]
+        if missing_deps:
+            raise UserError(f"--reuse-shipped: {', '.join(missing_deps)}: a reused model must sit on the same "
+                            "models it was trained on; reuse those too")
+        extra = (["scale"] if "vae" in stages else []) + (["accuracy"] if {"parser", "classifier"} <= set(stages) else [])
+        there = [str(self.runs / s) for s in (*stages, *extra) if (self.runs / s).exists()]
+        if there:
+            raise UserError(f"--reuse-shipped would overwrite {', '.join(there)}; move them aside first "
+                            f"(e.g. mkdir -p {self.o.work}/old && mv {' '.join(there)} {self.o.work}/old/)")
+        for s in (*stages, *extra):
+            if not records.get(s):
+                raise UserError(f"{summary_file} has no record of stage {s}; it cannot be reused")
+        for s in stages:
+            weights = self.o.export / f"{s}.safetensors"
+            if not weights.is_file():
+                raise UserError(f"--reuse-shipped {s}: {weights} does not exist")
+        # in the recipe's order, so that every record is newer than the records it is built on
+        order = ("parser", "classifier", "accuracy", "vae", "scale", "text", "mask")
+        for s in (x for x in order if x in (*stages, *extra)):
+            if s in MODELS:
+                from safetensors.torch import load_file
+
+                state = {k: v.float() if v.dtype == torch.float16 else v for k, v in load_file(self.o.export / f"{s}.safetensors").items()}
+                cfg = load_config(CONFIGS / f"{s}.yaml", self.overrides(s))
+                shipped = load_config(self.o.export / f"{s}.yaml")
+                changed = [c for c in config_changes(shipped, cfg) if not c.startswith(("data.", "model.params.vae.params.",
+                                                                                          "model.params.experts."))]
+                if changed:
+                    raise UserError(f"--reuse-shipped {s}: {self.o.export / f'{s}.yaml'} was trained with another config than "
+                                    f"configs/faceworld/{s}.yaml gives now ({'; '.join(changed)}); train it instead")
+                (self.runs / s / "checkpoints").mkdir(parents=True, exist_ok=True)
+                save_config(cfg, self.runs / s / "checkpoints" / "config.yaml")
+                atomic_torch_save({"state_dict": state, "global_step": int(records[s]["steps"])}, self.ckpt(s))
+            self.finish(s, {**records[s], "reused_from": str(self.o.export / f"{s}.safetensors") if s in MODELS else str(summary_file)})
+        return [x for x in order if x in (*stages, *extra)]
 
     # ---- stages ------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -342,7 +398,7 @@ every number below. scale_factor = 1 / std of the VAE latents = **{st['scale']['
 {chr(10).join(rows)}
 
 FaceWorld rendering: {st['data']['seconds'] / 60:.1f} min. A stage that was interrupted and resumed has its minutes estimated as
-steps x its measured s/step (`resumed_at_step` in `recipe.json`).
+steps x its measured s/step (`resumed_at_step` in `recipe.json`).{reused_note(st)}
 
 ## Evaluators on {acc['test_images']} real FaceWorld test images
 
@@ -390,6 +446,15 @@ python scripts/generate.py --config checkpoints/faceworld/codiff.yaml --ckpt che
 python scripts/evaluate.py ...                               # the evaluation table (see docs/evaluation.md)
 ```
 """
+
+
+def reused_note(stages: dict) -> str:
+    """A README sentence naming the stages taken from earlier shipped files (``--reuse-shipped``), if any."""
+    reused = [name for name in MODELS if stages[name].get("reused_from")]
+    if not reused:
+        return ""
+    return (f"\n`{'`, `'.join(reused)}` were not trained by this invocation: `--reuse-shipped` took them from the files an "
+            "earlier run of the same configs shipped (float16, read back as float32); their rows are that run's records.")
 
 
 def half(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,8 +6,9 @@ float16 safetensors with resolved configs. Finished stages are skipped on a re-r
 resumes from its last checkpoint. Sizes and step counts are in configs/faceworld/*.yaml.
 
 Examples:
-  python scripts/train_faceworld.py                                   # the full recipe (about 175 min, 2 CPU cores)
+  python scripts/train_faceworld.py                                   # the full recipe (about 2.5 hours, 2 CPU cores)
   python scripts/train_faceworld.py --work /tmp/fw --export /tmp/fw/ckpt --num 32 --steps 2 --batch-size 2   # smoke run
+  python scripts/train_faceworld.py --reuse-shipped vae,mask,parser,classifier   # retrain the text expert and the diffusers
   python scripts/train_faceworld.py --work outputs/fw_gpu --export outputs/fw_gpu/ckpt --accelerator gpu --steps 20000  # longer, on a GPU
 """
 
@@ -32,6 +33,10 @@ def main(argv=None):
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"],
                    help="where the training stages run (the shipped models: cpu); with gpu, raise the budgets with --steps")
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the evaluator accuracies (default: all)")
+    p.add_argument("--reuse-shipped", default=None, metavar="STAGES",
+                   help="comma-separated stages (vae, text, mask, parser, classifier) to take from the shipped files in "
+                        "--export instead of training them, e.g. vae,mask,parser,classifier to retrain only the text "
+                        "expert and the dynamic diffusers (the run directories must not exist yet)")
     args = p.parse_args(argv)
     setup_logging()
     import torch
@@ -43,7 +48,10 @@ def main(argv=None):
         work=Path(args.work), export=Path(args.export), num=args.num, data_seed=args.data_seed, steps=args.steps,
         batch_size=args.batch_size, workers=args.workers, eval_limit=args.eval_limit, accelerator=args.accelerator,
     )
-    summary = Recipe(options).run()
+    recipe = Recipe(options)
+    if args.reuse_shipped:
+        recipe.reuse_shipped([s.strip() for s in args.reuse_shipped.split(",") if s.strip()])
+    summary = recipe.run()
     print(json.dumps({"export": str(options.export), "total_mb": summary["total_mb"], "accuracy": summary["stages"]["accuracy"]}, indent=1))
     return 0
 

@@ -90,3 +90,25 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     assert "cache_latents: true" in original
     trained.write_text(original.replace("cache_latents: true", "cache_latents: false"))
     assert _script().main(args) == 0  # run-only settings (cache_latents, logging) never make a stage stale
+
+    # --reuse-shipped: a second work folder takes the VAE, mask expert and evaluators from the export and trains
+    # only the text expert and the dynamic diffusers; the reused files come back bit for bit
+    work2, export2 = tmp_path / "work2", tmp_path / "ckpt2"
+    import shutil
+    shutil.copytree(export, export2)
+    args2 = ["--work", str(work2), "--export", str(export2), "--num", "24", "--steps", "2", "--batch-size", "2", "--workers", "1"]
+    capsys.readouterr()
+    assert _script().main(args2 + ["--reuse-shipped", "mask"]) == 2  # a mask expert without the VAE it was trained on
+    assert "mask (built on vae)" in capsys.readouterr().err and not (work2 / "runs").exists()
+    assert _script().main(args2 + ["--reuse-shipped", "codiff"]) == 2
+    assert "only vae, text, mask, parser, classifier can be reused" in capsys.readouterr().err
+    assert _script().main(args2 + ["--reuse-shipped", "vae,mask,parser,classifier"]) == 0
+    for name in ("vae", "mask", "parser", "classifier"):
+        assert json.loads((work2 / "runs" / name / "done.json").read_text())["reused_from"] == str(export2 / f"{name}.safetensors")
+        shipped, again = load_file(export / f"{name}.safetensors"), load_file(export2 / f"{name}.safetensors")
+        assert shipped.keys() == again.keys() and all(torch.equal(shipped[k], again[k]) for k in shipped)
+    assert "reused_from" not in json.loads((work2 / "runs" / "text" / "done.json").read_text())  # trained here
+    assert (work2 / "runs" / "text" / "logs").is_dir() and not (work2 / "runs" / "vae" / "logs").exists()
+    assert _script().main(args2 + ["--reuse-shipped", "vae"]) == 2  # never overwrites a run folder
+    assert "would overwrite" in capsys.readouterr().err
+    assert "`vae`, `mask`, `parser`, `classifier` were not trained by this invocation" in (export2 / "README.md").read_text()
