@@ -94,7 +94,7 @@ class Recipe:
         return self.runs / name / "checkpoints" / "last.ckpt"
 
     # ---- configs ---------------------------------------------------------------------------------------
-    def overrides(self, name: str) -> list[str]:
+    def overrides(self, name: str, scale_factor: Optional[float] = None) -> list[str]:
         """Point a configs/faceworld config at this run's data, earlier checkpoints and scale factor."""
         out = [f"data.train.params.root={self.data}"]
         if self.o.steps is not None:
@@ -104,7 +104,8 @@ class Recipe:
         if self.o.batch_size is not None:
             out.append(f"train.batch_size={self.o.batch_size}")
         if name in ("text", "mask", "codiff"):
-            out.append(f"model.params.scale_factor={self.record('scale')['scale_factor']}")
+            scale = scale_factor if scale_factor is not None else self.record("scale")["scale_factor"]
+            out.append(f"model.params.scale_factor={scale}")
         return out + pretrained_overrides(name, {n: self.ckpt(n) for n in ("vae", "text", "mask")})
 
     # ---- reusing shipped stages ---------------------------------------------------------------------------
@@ -143,6 +144,16 @@ class Recipe:
             weights = self.o.export / f"{s}.safetensors"
             if not weights.is_file():
                 raise UserError(f"--reuse-shipped {s}: {weights} does not exist")
+        scale = (self.record("scale") or records["scale"])["scale_factor"] if self.record("scale") or "vae" in stages else None
+        configs = {}
+        for s in stages:  # every config checked before anything is written
+            cfg = load_config(CONFIGS / f"{s}.yaml", self.overrides(s, scale_factor=scale))
+            changed = [c for c in config_changes(load_config(self.o.export / f"{s}.yaml"), cfg)
+                       if not c.startswith(("data.", "model.params.vae.params.", "model.params.experts."))]
+            if changed:
+                raise UserError(f"--reuse-shipped {s}: {self.o.export / f'{s}.yaml'} was trained with another config than "
+                                f"configs/faceworld/{s}.yaml gives now ({'; '.join(changed)}); train it instead")
+            configs[s] = cfg
         # in the recipe's order, so that every record is newer than the records it is built on
         order = ("parser", "classifier", "accuracy", "vae", "scale", "text", "mask")
         for s in (x for x in order if x in (*stages, *extra)):
@@ -150,13 +161,7 @@ class Recipe:
                 from safetensors.torch import load_file
 
                 state = {k: v.float() if v.dtype == torch.float16 else v for k, v in load_file(self.o.export / f"{s}.safetensors").items()}
-                cfg = load_config(CONFIGS / f"{s}.yaml", self.overrides(s))
-                shipped = load_config(self.o.export / f"{s}.yaml")
-                changed = [c for c in config_changes(shipped, cfg) if not c.startswith(("data.", "model.params.vae.params.",
-                                                                                          "model.params.experts."))]
-                if changed:
-                    raise UserError(f"--reuse-shipped {s}: {self.o.export / f'{s}.yaml'} was trained with another config than "
-                                    f"configs/faceworld/{s}.yaml gives now ({'; '.join(changed)}); train it instead")
+                cfg = configs[s]
                 (self.runs / s / "checkpoints").mkdir(parents=True, exist_ok=True)
                 save_config(cfg, self.runs / s / "checkpoints" / "config.yaml")
                 atomic_torch_save({"state_dict": state, "global_step": int(records[s]["steps"])}, self.ckpt(s))
