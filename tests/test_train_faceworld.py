@@ -102,6 +102,13 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     assert "mask (built on vae)" in capsys.readouterr().err and not (work2 / "runs").exists()
     assert _script().main(args2 + ["--reuse-shipped", "codiff"]) == 2
     assert "only vae, text, mask, parser, classifier can be reused" in capsys.readouterr().err
+    stale = export2 / "mask.yaml"
+    good = stale.read_text()
+    assert "max_steps: 2\n" in good
+    stale.write_text(good.replace("max_steps: 2\n", "max_steps: 3\n"))  # shipped from another config: refused, nothing written
+    assert _script().main(args2 + ["--reuse-shipped", "vae,mask,parser,classifier"]) == 2
+    assert "train.max_steps: 3 -> 2" in capsys.readouterr().err and not (work2 / "runs").exists()
+    stale.write_text(good)
     assert _script().main(args2 + ["--reuse-shipped", "vae,mask,parser,classifier"]) == 0
     for name in ("vae", "mask", "parser", "classifier"):
         assert json.loads((work2 / "runs" / name / "done.json").read_text())["reused_from"] == str(export2 / f"{name}.safetensors")
