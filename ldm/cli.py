@@ -142,7 +142,7 @@ def sampler_options(args: argparse.Namespace, defaults=None):
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser, alphas_help: Optional[str] = None) -> None:
-    """``--embed-steps``, ``--finetune-steps``, ``--embed-lr``, ``--finetune-lr`` and ``--alphas``, all None unless
+    """``--embed-steps``, ``--finetune-steps``, ``--embed-lr``, ``--finetune-lr``, ``--alphas`` and ``--strength``, all None unless
     given (:func:`edit_values` fills them in from the config's ``edit:`` section, else the released values)."""
     from ldm.editing import EditOptions
 
@@ -153,6 +153,9 @@ def add_edit_arguments(parser: argparse.ArgumentParser, alphas_help: Optional[st
     parser.add_argument("--embed-lr", type=float, default=None, help=f"stage A learning rate (Adam); {unset} {released.embed_lr:g} as released")
     parser.add_argument("--finetune-lr", type=float, default=None, help=f"stage B learning rate (Adam); {unset} {released.finetune_lr:g} as released")
     parser.add_argument("--alphas", default=None, help=alphas_help or f"comma list; {unset} the released sweep of the mode")
+    parser.add_argument("--strength", type=float, default=None,
+                        help=f"stage C starts from the input's latent noised to t < strength·T (SDEdit), 1 = pure noise; "
+                             f"{unset} {released.strength:g} as released")
 
 
 def edit_values(args: argparse.Namespace, cfg, mode: str, alphas: Optional[str] = None) -> dict:

@@ -129,11 +129,13 @@ class EditSettings:
     finetune_steps: Optional[int] = None
     finetune_lr: Optional[float] = None
     alphas: Optional[list[float]] = None
+    strength: Optional[float] = None
 
     def check(self, where: str = "edit") -> None:
         """Raise ConfigError naming the first key whose value is out of range."""
         try:
-            ranges.check_edit(self.embed_steps, self.embed_lr, self.finetune_steps, self.finetune_lr, self.alphas)
+            ranges.check_edit(self.embed_steps, self.embed_lr, self.finetune_steps, self.finetune_lr, self.alphas,
+                              self.strength)
         except ranges.ParameterError as err:
             raise ConfigError(f"{where}.{err.parameter} = {err.detail}") from None
 

@@ -7,7 +7,9 @@ schedule (supplementary §A.2):
     B  θ_opt   = argmin_θ E_{t,ε} ‖ε − ε_θ(x_t, t, e_opt)‖²   the expert's UNet fine-tuned, e_opt frozen
     C  e(α)    = α·e_target + (1 − α)·e_opt                   sampled with the fine-tuned expert over an α sweep
                                                               (DDIM 50, eta 1 as released, or any sampler of
-                                                              ldm.diffusion.samplers)
+                                                              ldm.diffusion.samplers), from pure noise as
+                                                              released, or (``strength`` < 1) from x0 noised
+                                                              to t < strength·T (SDEdit's start)
 
 with x_t = q_sample(x0, t, ε) and x0 the latent of the input image. The condition encoder is not used after
 it has given e_target: the UNet reads the embedding directly. ``collaborative`` runs A and B for every
@@ -50,7 +52,7 @@ from ldm.checkpoints import load_state_dict, load_strict
 from ldm.config import edit_settings
 from ldm.data.celeba import image_to_tensor
 from ldm.diffusion.collaborative import CollaborativeOptions
-from ldm.diffusion.samplers import SamplerOptions, get_sampler
+from ldm.diffusion.samplers import SamplerOptions, get_sampler, partial_timesteps
 from ldm.diffusion.schedule import NoiseSchedule
 from ldm.errors import UserError
 from ldm.fileio import atomic_write_bytes, save_safetensors
@@ -200,16 +202,20 @@ def sample_alpha(
     seed: int = 0,
     options: CollaborativeOptions = CollaborativeOptions(),
     progress: bool = False,
+    x0: Optional[torch.Tensor] = None,
+    strength: float = 1.0,
 ):
     """One image for one α: every modality's tokens interpolated with the same α; one modality samples its
     (fine-tuned) expert alone, several the collaborative model. x_T and the sampler's noise come from ``seed``,
-    the same for every α. ``eta`` is DDIM's (None for the other samplers). Returns :class:`ldm.pipeline.Samples`."""
+    the same for every α. ``eta`` is DDIM's (None for the other samplers). ``strength`` < 1 starts from the
+    input's latent ``x0`` noised to t < strength·T instead of pure noise (SDEdit). Returns
+    :class:`ldm.pipeline.Samples`."""
     contexts = {m: interpolate(targets[m], optimized[m], alpha) for m in targets}
     method = "collaborative" if len(contexts) > 1 else next(iter(contexts))
     return sample_from_contexts(
         model, contexts, method=method, steps=steps, eta=eta, sampler=sampler, spacing=spacing,
         generator=torch.Generator().manual_seed(seed),
-        options=options, progress=progress,
+        options=options, progress=progress, x_start=x0, strength=strength,
     )
 
 
@@ -253,6 +259,7 @@ class EditOptions:
     finetune_steps: int = 1000
     finetune_lr: float = 1e-6
     alphas: tuple[float, ...] = UNIMODAL_ALPHAS
+    strength: float = 1.0  # stage C starts at t < strength·T from the input's noised latent (SDEdit); 1: pure noise
     seed: int = 0
     steps: int = 50
     eta: Optional[float] = 1.0
@@ -262,7 +269,7 @@ class EditOptions:
 
     def validate(self) -> None:
         """Raise a :class:`~ldm.ranges.ParameterError` naming the parameter of the first bad value."""
-        ranges.check_edit(self.embed_steps, self.embed_lr, self.finetune_steps, self.finetune_lr, self.alphas)
+        ranges.check_edit(self.embed_steps, self.embed_lr, self.finetune_steps, self.finetune_lr, self.alphas, self.strength)
         ranges.check("steps", self.steps, ranges.STEPS)
         try:
             has_eta = get_sampler(self.sampler).has_eta
@@ -294,7 +301,7 @@ class EditOptions:
         return SamplerOptions(self.sampler, self.steps, self.spacing, self.eta)
 
 
-EDIT_KEYS = ("embed_steps", "embed_lr", "finetune_steps", "finetune_lr", "alphas")  # what a config's edit: sets
+EDIT_KEYS = ("embed_steps", "embed_lr", "finetune_steps", "finetune_lr", "alphas", "strength")  # what a config's edit: sets
 
 
 def released_alphas(mode: str) -> tuple[float, ...]:
@@ -438,8 +445,9 @@ def run_edit(
     resolution = model.vae.resolution
     if image.size != (resolution, resolution):
         raise ValueError(f"run_edit needs the image at {resolution}x{resolution}; use fit_to_resolution first")
-    try:
-        options.sampler_options().timesteps(model.schedule)  # before stages A and B, not after them
+    try:  # before stages A and B, not after them
+        timesteps = options.sampler_options().timesteps(model.schedule)
+        partial_timesteps(timesteps, options.strength, model.schedule.num_timesteps)
     except ValueError as err:
         raise UserError(f"stage C sampler: {err}") from None
     _check_settings(out / "settings.json", {**(provenance or {}), **asdict(options), "modalities": modalities,
@@ -500,7 +508,7 @@ def run_edit(
             skipped.append(path.stem)
             continue
         result = sample_alpha(model, e_target, e_opt, alpha, steps=options.steps, eta=options.eta, sampler=options.sampler,
-                              spacing=options.spacing, seed=options.seed, options=preset)
+                              spacing=options.spacing, seed=options.seed, options=preset, x0=x0, strength=options.strength)
         save_png(to_uint8(result.images[0]), path)
         images.append(image_to_tensor(Image.fromarray(to_uint8(result.images[0]))))  # what the file holds
     if on_step is not None:

@@ -330,7 +330,8 @@ def editing_figure(edit: EditInput, results: Mapping[str, EditResult], options: 
                 "beyond 1 extrapolates",
         footnote=f"Stage A: {options.embed_steps} steps on the target embedding (lr {options.embed_lr:g}); stage B: "
                  f"{options.finetune_steps} steps fine-tuning the expert (lr {options.finetune_lr:g}); stage C: "
-                 f"{options.sampler_options().describe()}, seed {options.seed}, the same x_T for every alpha. The "
+                 f"{options.sampler_options().describe()}, seed {options.seed}, the same x_T for every alpha"
+                 f"{'' if options.strength >= 1 else f', started from the input noised to t < {options.strength:g}·T (SDEdit)'}. The "
                  f"collaborative edit uses the same alpha for both modalities.",
     )
 

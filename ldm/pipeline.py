@@ -22,7 +22,7 @@ from ldm.diffusion.collaborative import (
     make_collaborative_eps_fn,
     make_composable_eps_fn,
 )
-from ldm.diffusion.samplers import SamplerOptions
+from ldm.diffusion.samplers import SamplerOptions, partial_start, run_sampler
 from ldm.errors import UserError
 from ldm.speed import SpeedOptions, apply_speed_options, concurrent_runner, fast_network
 
@@ -179,6 +179,8 @@ def sample_from_contexts(
     record_trace: bool = False,
     progress: bool = False,
     speed: Optional[SpeedOptions] = None,
+    x_start: Optional[torch.Tensor] = None,
+    strength: float = 1.0,
 ) -> Samples:
     """:func:`sample` from condition tokens ``{m: [B, N, D]}`` already encoded (or optimised and interpolated,
     as Imagic editing does): the experts and the diffusers read these tokens; ``method`` combines them.
@@ -188,6 +190,9 @@ def sample_from_contexts(
     returns float32, so x_T, the combination of the experts and the sampler's arithmetic stay float32.
     With ``record_trace`` the trace holds x_t after every step and the influence weights of every network
     call (one per step, for every sampler), so influence maps follow the sampler's timesteps.
+    ``strength`` < 1 starts from the latent ``x_start`` [B, C, h, w] noised to the largest timestep below
+    strength·T and runs only the timesteps below it (SDEdit, :func:`ldm.diffusion.samplers.partial_start`);
+    1 (the default) starts from pure noise.
     """
     try:
         choice = SamplerOptions(sampler, steps, spacing, eta)
@@ -201,7 +206,18 @@ def sample_from_contexts(
     contexts = {m: c.to(device=device, dtype=dtype) for m, c in contexts.items()}
     batch = next(iter(contexts.values())).shape[0]
     shape = (batch, *model.vae.latent_shape)
-    x_T = torch.randn(shape, generator=generator, device=generator.device).to(device=device, dtype=dtype)
+    timesteps = choice.timesteps(model.schedule)
+    if strength < 1.0:
+        if x_start is None:
+            raise ValueError("strength < 1 starts from a given latent: pass x_start")
+        if tuple(x_start.shape) != shape:
+            raise ValueError(f"x_start has shape {tuple(x_start.shape)}; these contexts and this VAE need {shape}")
+        try:
+            x_T, timesteps = partial_start(x_start.to(device=device, dtype=dtype), timesteps, model.schedule, strength, generator)
+        except ValueError as err:
+            raise UserError(f"{err} (or use more sampling steps)") from None
+    else:
+        x_T = torch.randn(shape, generator=generator, device=generator.device).to(device=device, dtype=dtype)
 
     trace = Trace() if record_trace else None
 
@@ -219,6 +235,7 @@ def sample_from_contexts(
             trace.timesteps.append(int(t))
             trace.x_t.append(x.float().cpu())
 
-    z = choice.run(eps_fn, x_T, model.schedule, generator=generator, callback=callback, progress=progress)
+    z = run_sampler(choice.sampler, eps_fn, x_T, model.schedule, timesteps, eta=choice.resolved_eta, generator=generator,
+                    callback=callback, progress=progress)
     images = model.decode_latents(z).clamp(-1, 1)
     return Samples(images=images.float().cpu(), latents=z.float().cpu(), trace=trace)

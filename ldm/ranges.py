@@ -19,7 +19,7 @@ from ldm.errors import UserError
 FLAGS = {
     "steps": "--steps", "eta": "--eta", "sampler": "--sampler", "spacing": "--spacing", "batch_size": "--batch-size",
     "seed": "--seed", "preset": "--preset", "embed_steps": "--embed-steps", "embed_lr": "--embed-lr",
-    "finetune_steps": "--finetune-steps", "finetune_lr": "--finetune-lr", "alphas": "--alphas",
+    "finetune_steps": "--finetune-steps", "finetune_lr": "--finetune-lr", "alphas": "--alphas", "strength": "--strength",
 }
 
 
@@ -58,6 +58,7 @@ SEED = Range(0, 2**31 - 1, "0 to 2^31 - 1")
 EMBED_STEPS = Range(0, 100_000, "0 to 100000 (500 as released)")
 FINETUNE_STEPS = Range(0, 100_000, "0 to 100000 (1000 as released)")
 LEARNING_RATE = Range(0.0, 1.0, "a learning rate in (0, 1]", open_low=True)
+STRENGTH = Range(0.0, 1.0, "a fraction of the schedule in (0, 1] (1 as released: stage C starts from pure noise)", open_low=True)
 MAX_ABS_ALPHA = 10.0  # |alpha| beyond this extrapolates the embedding far outside anything the model saw
 
 
@@ -78,7 +79,7 @@ def check_alphas(alphas) -> None:
         raise ParameterError("alphas", f"{list(alphas)} repeats a value; give each alpha once")
 
 
-def check_edit(embed_steps=None, embed_lr=None, finetune_steps=None, finetune_lr=None, alphas=None) -> None:
+def check_edit(embed_steps=None, embed_lr=None, finetune_steps=None, finetune_lr=None, alphas=None, strength=None) -> None:
     """The editing hyper-parameters that are given (None: not given), in this order."""
     if embed_steps is not None:
         check("embed_steps", embed_steps, EMBED_STEPS)
@@ -89,3 +90,5 @@ def check_edit(embed_steps=None, embed_lr=None, finetune_steps=None, finetune_lr
             check(name, lr, LEARNING_RATE)
     if alphas is not None:
         check_alphas(alphas)
+    if strength is not None:
+        check("strength", strength, STRENGTH)

@@ -141,6 +141,7 @@ def main(argv=None):
     edit_options = EditOptions(
         embed_steps=args.embed_steps, embed_lr=embed_lr, finetune_steps=args.finetune_steps,
         finetune_lr=finetune_lr, alphas=parse_alphas(args.alphas), seed=args.seed, preset=settings.preset,
+        strength=edit_defaults(cfg, "collaborative")["strength"],
         **{k: v for k, v in settings.sampling.to_dict().items()},
     )
     edit_options.check()

@@ -383,6 +383,21 @@ def test_an_edit_copies_only_the_unets_it_fine_tunes(model):
     assert all(torch.equal(a, b) for a, b in zip(copied, model.experts["text"].unet.parameters()))
 
 
+def test_app_edits_take_the_models_learning_rates_and_strength():
+    """The page sets steps, α and sampling; the learning rates and stage C's start come from the model's config
+    (its edit: section, else the released values), as edit.py takes them, and the page's command repeats them."""
+    from ldm.config import load_config
+    from ldm.editing import edit_defaults
+
+    released = EditRequest("text", "x").options()
+    assert (released.embed_lr, released.finetune_lr, released.strength) == (1e-3, 1e-6, 1.0)
+    options = EditRequest("text", "x").options(edit_defaults(load_config("configs/faceworld/codiff.yaml"), "text"))
+    assert (options.embed_lr, options.finetune_lr, options.strength) == (1e-2, 1e-4, 0.5)
+    assert (options.embed_steps, options.finetune_steps) == (100, 200)  # the page's own stage lengths
+    command = edit_command(SOURCE, "text", Path("face.png"), "x", None, options, Path("out"))
+    assert "--strength 0.5" in command and "--finetune-lr 0.0001" in command
+
+
 def test_app_edits_resume_cancel_and_match_edit_py(model, tmp_path, capsys):
     photo = Image.open(faceworld_face(tmp_path))
     request = EditRequest("collaborative", "This man is in his forties.", embed_steps=2, finetune_steps=2, alphas="0,1",

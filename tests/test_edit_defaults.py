@@ -26,23 +26,31 @@ def test_paper_configs_keep_the_released_defaults():
     released = EditOptions()
     values = edit_defaults(load_config(PAPER), "text")
     assert values == {"embed_steps": released.embed_steps, "embed_lr": released.embed_lr, "finetune_steps": released.finetune_steps,
-                      "finetune_lr": released.finetune_lr, "alphas": UNIMODAL_ALPHAS}
+                      "finetune_lr": released.finetune_lr, "alphas": UNIMODAL_ALPHAS, "strength": 1.0}
     assert (values["embed_steps"], values["finetune_steps"], values["finetune_lr"]) == (500, 1000, 1e-6)
+    assert released.strength == 1.0  # stage C starts from pure noise, as released
     assert edit_defaults(None, "collaborative")["alphas"] == COLLABORATIVE_ALPHAS
 
 
 def test_the_config_section_overrides_the_released_values_and_flags_override_it():
     cfg = load_config(FACEWORLD)
     assert edit_defaults(cfg, "text") == {"embed_steps": 100, "embed_lr": 1e-2, "finetune_steps": 100, "finetune_lr": 1e-4,
-                                          "alphas": (0.0, 0.5, 1.0, 1.5, 2.0)}
+                                          "alphas": (0.0, 0.5, 1.0, 1.5, 2.0), "strength": 0.5}
     values = edit_values(flags("--finetune-lr", "3e-5", "--alphas", "0,1"), cfg, "text")
-    assert values == {"embed_steps": 100, "embed_lr": 1e-2, "finetune_steps": 100, "finetune_lr": 3e-5, "alphas": (0.0, 1.0)}
+    assert values == {"embed_steps": 100, "embed_lr": 1e-2, "finetune_steps": 100, "finetune_lr": 3e-5, "alphas": (0.0, 1.0),
+                      "strength": 0.5}
+    assert edit_values(flags("--strength", "1"), cfg, "text")["strength"] == 1.0
     partial = load_config(PAPER, ["edit.finetune_lr=1e-4"])  # a section may set some keys only
     assert edit_defaults(partial, "text")["finetune_lr"] == 1e-4
     assert edit_defaults(partial, "text")["embed_steps"] == 500
     # what a run records is the effective values
     options = EditOptions(**values)
     assert (options.embed_steps, options.finetune_lr, options.alphas) == (100, 3e-5, (0.0, 1.0))
+
+
+def test_the_shipped_faceworld_config_carries_the_same_edit_section():
+    """checkpoints/faceworld/codiff.yaml is what users load: its edit: section is the recipe config's."""
+    assert edit_defaults(load_config("checkpoints/faceworld/codiff.yaml"), "text") == edit_defaults(load_config(FACEWORLD), "text")
 
 
 def test_a_script_default_sweep_beats_the_config_but_not_the_flag():
@@ -52,7 +60,9 @@ def test_a_script_default_sweep_beats_the_config_but_not_the_flag():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("edit.embed_stps=3", "unknown key edit.embed_stps; allowed: ['alphas', 'embed_lr', 'embed_steps', 'finetune_lr', 'finetune_steps']"),
+    ("edit.embed_stps=3", "unknown key edit.embed_stps; allowed: ['alphas', 'embed_lr', 'embed_steps', 'finetune_lr', 'finetune_steps', 'strength']"),
+    ("edit.strength=0", "edit.strength = 0 is out of range; use a fraction of the schedule in (0, 1]"),
+    ("edit.strength=1.5", "edit.strength = 1.5 is out of range"),
     ("edit.finetune_lr=2.0", "edit.finetune_lr = 2.0 is out of range; use a learning rate in (0, 1]"),
     ("edit.embed_steps=-1", "edit.embed_steps = -1 is out of range"),
     ("edit.alphas=[]", "edit.alphas = is empty"),

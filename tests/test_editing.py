@@ -179,6 +179,23 @@ def test_alpha_0_reconstructs_the_input_better_than_alpha_1(input_32):
     assert errors[0] < 0.25 * errors[2] and errors[0] < errors[1] < errors[2], errors
 
 
+def test_a_partial_start_keeps_the_input_and_strength_1_is_the_released_start(input_32):
+    """Stage C from the input's latent noised to t < strength·T (SDEdit): the lower the strength, the closer the
+    sample stays to x0, whatever the tokens; strength 1 ignores x0 and is the released pure-noise start, bit for bit."""
+    model = build("configs/tiny/text.yaml")
+    x0 = encode_input(model, input_32)
+    e = {"text": model.expert.encode([CAPTION]).detach()}
+    distance = {}
+    for strength in (0.05, 0.3, 1.0):
+        z = sample_alpha(model, e, e, 1.0, steps=20, eta=1.0, seed=0, x0=x0, strength=strength).latents
+        distance[strength] = torch.mean((z - x0) ** 2).item()
+    assert distance[0.05] < distance[0.3] < distance[1.0], distance
+    released = sample_alpha(model, e, e, 1.0, steps=20, eta=1.0, seed=0).latents
+    assert torch.equal(sample_alpha(model, e, e, 1.0, steps=20, eta=1.0, seed=0, x0=x0, strength=1.0).latents, released)
+    with pytest.raises(ValueError, match="strength < 1 starts from a given latent: pass x_start"):
+        sample_alpha(model, e, e, 1.0, steps=20, eta=1.0, seed=0, strength=0.5)
+
+
 # ------------------------------------------------------------------------------------------------
 # The run directory
 
@@ -271,6 +288,7 @@ def test_edit_script_writes_every_artefact(ckpts, tmp_path, caplog, mode, extra,
     assert Image.open(out / "input.png").size == (32, 32)
     settings = json.loads((out / "settings.json").read_text())
     assert settings["mode"] == mode and settings["alphas"] == list(alphas) and settings["modalities"] == modalities
+    assert settings["strength"] == 1.0  # the tiny configs have no edit: section: the released pure-noise start
     assert not [n for n in names if n.endswith(".tmp")]
     # the fine-tuned UNet file loads into the expert
     model = build(f"configs/tiny/codiff.yaml")
@@ -325,6 +343,9 @@ BAD = [
     (["--mode", "text", "--text", "x", "--eta", "2"], "--eta"),
     (["--mode", "text", "--text", "x", "--embed-steps", "-1"], "--embed-steps"),
     (["--mode", "text", "--text", "x", "--finetune-lr", "0"], "--finetune-lr"),
+    (["--mode", "text", "--text", "x", "--strength", "0"], "--strength 0.0 is out of range"),
+    (["--mode", "text", "--text", "x", "--strength", "1.5"], "--strength 1.5 is out of range"),
+    (["--mode", "text", "--text", "x", "--strength", "0.0005"], "keeps none of the 2 timesteps"),
     (["--mode", "text", "--text", "x", "--out", "{a_file}/run"], "cannot be written"),
 ]
 
@@ -375,7 +396,7 @@ class StandInClassifier(nn.Module):
 
 def test_faceworld_edit_measurement(tmp_path):
     from ldm.data.faceworld import make_faceworld
-    from ldm.evaluation.edit_metrics import EDIT_MODES, METRICS, evaluate_edits, faceworld_cases, markdown_table, write_results
+    from ldm.evaluation.edit_metrics import CEILING, EDIT_MODES, METRICS, evaluate_edits, faceworld_cases, markdown_table, write_results
 
     world = make_faceworld(tmp_path / "fw", num=6, seed=3, size=32, test_size=2, progress=False)
     cases = faceworld_cases(world, 2, 32)
@@ -390,8 +411,15 @@ def test_faceworld_edit_measurement(tmp_path):
     options = EditOptions(alphas=(1.0,), **TINY)
     rows = evaluate_edits(model, cases, parser, classifier, tmp_path / "eval", options)
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # experts restored
-    assert [(r["mode"], r["alpha"]) for r in rows] == [("input", None)] + [(m, 1.0) for m in EDIT_MODES]
-    by_mode = {r["mode"]: r for r in rows}
+    assert [(r["mode"], r["alpha"], r["row"]) for r in rows] == ([("input", None, "input")] + [(m, None, CEILING) for m in EDIT_MODES]
+                                                                 + [(m, 1.0, "edit") for m in EDIT_MODES])
+    ceiling = {r["mode"]: r for r in rows if r["row"] == CEILING}
+    by_mode = {r["mode"]: r for r in rows if r["row"] == "edit"}
+    # the targets' renders: the text target keeps the mask, the mask target is the mask edit's image
+    assert set(cases[0].target_images) == set(EDIT_MODES)
+    assert ceiling["text"]["target_mask"] is None and ceiling["mask"]["target_age"] is None
+    assert ceiling["mask"]["target_glasses"] is not None and ceiling["mask"]["target_hair"] is not None
+    assert ceiling["mask"]["target_mask"] == pytest.approx((ceiling["mask"]["target_glasses"] + ceiling["mask"]["target_hair"]) / 2)
     assert by_mode["text"]["target_mask"] is None and by_mode["mask"]["target_age"] is None
     for r in rows:
         assert r["n"] == 2
@@ -404,7 +432,7 @@ def test_faceworld_edit_measurement(tmp_path):
     b = load_state_dict(tmp_path / "eval" / f"{cases[0].name}_text" / "expert_text.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     table = markdown_table(rows)
-    assert table.count("\n") == 5 and "| collaborative | 1 | 2 |" in table
+    assert table.count("\n") == 8 and "| collaborative | 1 | 2 |" in table and "| mask: target via VAE | – | 2 |" in table
     json_path, _ = write_results(rows, tmp_path / "eval", {"num": 2})
     assert json.loads(json_path.read_text())["rows"][0]["mode"] == "input"
 

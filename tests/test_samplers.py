@@ -16,6 +16,8 @@ from ldm.diffusion.samplers import (
     RELEASED,
     SamplerOptions,
     get_sampler,
+    partial_start,
+    partial_timesteps,
     run_sampler,
     sampler_names,
     spacing_names,
@@ -218,6 +220,43 @@ def test_sde_variant_converges_to_the_data_distribution():
         errors.append((float((y.mean(0) - MU).abs().max()), float((y.std(0) - SD).abs().max())))
     assert errors[1][1] < errors[0][1] / 3, errors
     assert errors[1][0] < 0.03 and errors[1][1] < 0.03, errors  # Monte-Carlo error of 40,000 draws: ~0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# A start part-way (SDEdit), as Imagic editing's stage C uses it
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m", "unipc"])
+def test_a_partial_start_from_data_still_samples_the_data_distribution(name):
+    """x0 drawn from the data, noised to t by partial_start, is a draw of the marginal at t: a sampler run
+    from there down the kept timesteps returns the data distribution, and each output stays near its own x0."""
+    gen = torch.Generator().manual_seed(0)
+    x0 = MU + SD * torch.randn(40000, 3, dtype=torch.float64, generator=gen)
+    timesteps = spaced_timesteps("uniform", 200, SCHEDULE)  # enough steps that the discretisation error is small
+    x_t, kept = partial_start(x0, timesteps, SCHEDULE, 0.5, torch.Generator().manual_seed(1))
+    assert kept.tolist() == [t for t in timesteps.tolist() if t < 500] and int(kept[-1]) == 496
+    m, sd = marginal(496)
+    assert float((x_t.mean(0) - m).abs().max()) < 0.02 and float((x_t.std(0) - sd).abs().max()) < 0.02
+    y = run_sampler(name, exact_eps, x_t, SCHEDULE, kept, **({"eta": 0.0} if name == "ddim" else {}))
+    target_mean, target_sd = marginal(0) if name == "ddim" else (MU, SD)
+    assert float((y.mean(0) - target_mean).abs().max()) < 0.03 and float((y.std(0) - target_sd).abs().max()) < 0.03
+    # the lower the strength, the closer each sample stays to the x0 it started from
+    distance = []
+    for strength in (0.1, 0.5, 1.0):
+        x_t, kept = partial_start(x0[:2000], timesteps, SCHEDULE, strength, torch.Generator().manual_seed(2))
+        y = run_sampler(name, exact_eps, x_t, SCHEDULE, kept, **({"eta": 0.0} if name == "ddim" else {}))
+        distance.append(float(((y - x0[:2000]) ** 2).mean()))
+    assert distance[0] < distance[1] < distance[2], distance
+
+
+def test_partial_timesteps_errors_name_the_fix():
+    timesteps = spaced_timesteps("uniform", 2, SCHEDULE)  # [1, 501]
+    assert partial_timesteps(timesteps, 1.0, 1000).tolist() == [1, 501]
+    assert partial_timesteps(timesteps, 0.5, 1000).tolist() == [1]
+    with pytest.raises(ValueError, match=r"strength 0.001 keeps none of the 2 timesteps \(the smallest is 1\); raise the strength above 0.001"):
+        partial_timesteps(timesteps, 0.001, 1000)
+    with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+        partial_timesteps(timesteps, 0.0, 1000)
 
 
 # ------------------------------------------------------------------------------------------------

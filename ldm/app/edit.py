@@ -21,7 +21,7 @@ import shlex
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch.nn as nn
@@ -31,7 +31,8 @@ from ldm import ranges
 from ldm.app.sessions import Cancelled
 from ldm.data.masks import index_mask_to_onehot, save_index_png
 from ldm.diffusion.samplers import SamplerOptions, get_sampler
-from ldm.editing import MODES, EditOptions, EditResult, edit_provenance, fit_to_resolution, parse_alphas, run_edit
+from ldm.config import load_config
+from ldm.editing import MODES, EditOptions, EditResult, edit_defaults, edit_provenance, fit_to_resolution, parse_alphas, run_edit
 from ldm.errors import UserError
 from ldm.face_parsing import as_rgb, check_photo
 from ldm.images import save_png
@@ -59,16 +60,19 @@ class EditRequest:
     eta: float = 1.0
     preset: str = "paper"
 
-    def options(self) -> EditOptions:
-        """The run's :class:`EditOptions`, every value resolved as ``edit.py`` resolves its flags; checked."""
+    def options(self, model_defaults: Optional[Mapping[str, Any]] = None) -> EditOptions:
+        """The run's :class:`EditOptions`, every value resolved as ``edit.py`` resolves its flags; checked.
+        ``model_defaults`` (:func:`ldm.editing.edit_defaults` of the model's config) gives the learning rates and
+        the stage C strength, which the page does not set; without it, the released values."""
         ranges.check("seed", int(self.seed), ranges.SEED)
         try:
             eta = float(self.eta) if get_sampler(self.sampler).has_eta else None
             sampling = SamplerOptions(self.sampler, int(self.steps), None, eta)
         except ValueError as err:
             raise UserError(f"sampler: {err}") from None
+        model = {k: v for k, v in (model_defaults or {}).items() if k in ("embed_lr", "finetune_lr", "strength")}
         options = EditOptions(
-            embed_steps=int(self.embed_steps), finetune_steps=int(self.finetune_steps),
+            embed_steps=int(self.embed_steps), finetune_steps=int(self.finetune_steps), **model,
             alphas=parse_alphas(self.alphas), seed=int(self.seed), steps=sampling.steps, eta=sampling.resolved_eta,
             preset=self.preset, sampler=sampling.sampler, spacing=sampling.resolved_spacing,
         )
@@ -122,7 +126,7 @@ def prepare_run(
     """Check the request, write its inputs into the run directory under ``root`` named by their hash, and
     return the run (``run_edit``'s arguments and the equivalent ``edit.py`` command)."""
     check_photo(photo, "face")
-    options = request.options()
+    options = request.options(edit_defaults(load_config(source.config, list(source.overrides)), request.mode))
     targets = edit_targets(request.mode, request.caption, mask)
     face = np.asarray(as_rgb(photo), dtype=np.uint8)
     uses_mask = "seg_mask" in MODES[request.mode]
@@ -155,7 +159,7 @@ def edit_command(source: ModelSource, mode: str, image: Path, text: Optional[str
         args += ["--mask", str(mask)]
     args += ["--embed-steps", str(options.embed_steps), "--finetune-steps", str(options.finetune_steps),
              "--embed-lr", f"{options.embed_lr:g}", "--finetune-lr", f"{options.finetune_lr:g}",
-             "--alphas", ",".join(f"{a:g}" for a in options.alphas), "--seed", str(options.seed),
+             "--alphas", ",".join(f"{a:g}" for a in options.alphas), "--strength", f"{options.strength:g}", "--seed", str(options.seed),
              "--sampler", options.sampler, "--steps", str(options.steps), "--spacing", str(options.spacing)]
     if options.eta is not None:
         args += ["--eta", f"{options.eta:g}"]

@@ -128,6 +128,34 @@ def run_sampler(
                     callback=callback, progress=progress)
 
 
+def partial_timesteps(timesteps: Tensor, strength: float, num_timesteps: int) -> Tensor:
+    """The (ascending) ``timesteps`` t < strength·T that a run started part-way (:func:`partial_start`) visits;
+    raises ValueError naming the fix if none is left."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    ts = torch.as_tensor(timesteps)
+    kept = ts[ts < strength * num_timesteps]
+    if kept.numel() == 0:
+        raise ValueError(f"strength {strength:g} keeps none of the {ts.numel()} timesteps (the smallest is {int(ts[0])}); "
+                         f"raise the strength above {int(ts[0]) / num_timesteps:g}")
+    return kept
+
+
+def partial_start(
+    x0: Tensor, timesteps: Tensor, schedule: NoiseSchedule, strength: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """SDEdit's start (Meng et al., 2022) for sampling from a given latent ``x0`` instead of pure noise.
+
+    Returns ``(x_t, kept)``: the timesteps t < strength·T (:func:`partial_timesteps`) and x0 noised to the
+    largest of them, x_t = sqrt(ᾱ_t)·x0 + sqrt(1 − ᾱ_t)·ε with ε from ``generator``. A sampler run from x_t down
+    ``kept`` keeps x0's coarse content, more of it the smaller ``strength``.
+    """
+    kept = partial_timesteps(timesteps, strength, schedule.num_timesteps)
+    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0)
+    t = torch.full((x0.shape[0],), int(kept[-1]), dtype=torch.long, device=x0.device)
+    return schedule.q_sample(x0, t, noise), kept
+
+
 @dataclass(frozen=True)
 class SamplerOptions:
     """A user's choice of sampler, checked when made. Defaults are the released sampler's: DDIM, 50 steps
