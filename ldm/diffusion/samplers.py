@@ -231,7 +231,7 @@ class SamplerOptions:
 
 
 # The released sampler (the paper configs' default) and the fewer-step setting recommended in its place: on
-# FaceWorld it is the closest 15-step setting to the released sampler's quality (mask accuracy −0.6 ± 0.3
+# FaceWorld it is the closest 15-step setting to the released sampler's quality (mask accuracy −0.7 ± 0.4
 # points, text and joint accuracy and FD better; docs/samplers.md). scripts/demo.py and benchmark.py --equal-quality use it.
 RELEASED = SamplerOptions()
 RECOMMENDED = SamplerOptions("dpmpp_2m_sde", 15)
