@@ -474,4 +474,29 @@ def test_real_input_runs_every_mode_with_the_shipped_faceworld_models(tmp_path):
         for m in modalities:
             assert (out / f"embedding_{m}.safetensors").is_file() and (out / f"expert_{m}.safetensors").is_file()
         assert Image.open(out / "input.png").size == (64, 64) and (out / "grid.png").is_file()
-        assert len(list(out.glob("alpha_*.png"))) == 2 and json.loads((out / "settings.json").read_text())["mode"] == mode
+        settings = json.loads((out / "settings.json").read_text())
+        assert len(list(out.glob("alpha_*.png"))) == 2 and settings["mode"] == mode
+        assert settings["strength"] == 0.5  # the shipped config's edit: section reaches edit.py
+
+
+def test_evaluate_editing_script_with_the_shipped_models(tmp_path, capsys):
+    """The measurement end to end through its script: the shipped FaceWorld models and evaluators on a small
+    FaceWorld at 64², a start part-way from the flag; results.md has the input, ceiling and edit rows."""
+    from ldm.data.faceworld import make_faceworld
+
+    os.chdir(REPO)
+    world = make_faceworld(tmp_path / "fw", num=6, seed=3, size=64, test_size=2, progress=False)
+    out = tmp_path / "eval"
+    argv = ["--config", str(SHIPPED / "codiff.yaml"), "--ckpt", str(SHIPPED / "codiff.safetensors"), "--data", str(world),
+            "--parser", str(SHIPPED / "parser.safetensors"), "--classifier", str(SHIPPED / "classifier.safetensors"),
+            "--num", "1", "--modes", "text,mask", "--embed-steps", "2", "--finetune-steps", "2", "--steps", "2",
+            "--alphas", "1", "--strength", "0.6", "--out", str(out), "--device", "cpu"]
+    assert script("evaluate_editing").main(argv) == 0
+    table = (out / "results.md").read_text()
+    for row in ("| input | – | 1 |", "| text: target via VAE | – | 1 |", "| mask: target via VAE | – | 1 |",
+                "| text | 1 | 1 |", "| mask | 1 | 1 |"):
+        assert row in table, row
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["strength"] == 0.6 and results["settings"]["modes"] == ["text", "mask"]
+    (run_dir,) = out.glob("*_text")
+    assert json.loads((run_dir / "settings.json").read_text())["strength"] == 0.6
