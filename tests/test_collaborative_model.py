@@ -64,3 +64,15 @@ def test_mismatched_modalities_are_refused():
     model = tiny_model()
     with pytest.raises(ConfigError, match="same modalities"):
         CollaborativeDiffusion(dict(model.experts), {"text": model.diffusers["text"]}, model.vae, scale_factor=1.0)
+
+
+def test_loss_space_weights_the_training_loss_and_is_checked():
+    model = tiny_model()
+    model.train()
+    data = batch(("seg_mask", "text"))
+    eps_loss = model.diffusion_loss(data, torch.Generator().manual_seed(2))
+    model.loss_space = "v"
+    v_loss = model.diffusion_loss(data, torch.Generator().manual_seed(2))  # same draws, each sample / ᾱ_t
+    assert v_loss > eps_loss
+    with pytest.raises(ConfigError, match="loss_space must be one of"):
+        CollaborativeDiffusion(dict(model.experts), dict(model.diffusers), model.vae, scale_factor=1.0, loss_space="x_0")

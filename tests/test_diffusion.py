@@ -226,3 +226,38 @@ def test_collaborative_loss_trains_the_logits():
     assert torch.allclose(loss, expected)
     loss.backward()
     assert (logits["a"].grad <= 0).all() and logits["a"].grad.sum() < 0  # more weight on the exact expert
+
+
+@pytest.mark.parametrize("space", ["v", "x0"])
+def test_collaborative_loss_in_v_or_x0_is_the_combined_predictions_error_there(space):
+    # Two v-predicting "experts" read as ε (as the sampler reads them); the weighted ε-loss must equal the
+    # error of the softmax-combined v (or x_0) against the true one, sample by sample.
+    from ldm.diffusion.schedule import loss_space_weight
+
+    t = torch.tensor([5, 990])
+    x0, noise = randn(*SHAPE, seed=11), randn(*SHAPE, seed=12)
+    x_t = SCHEDULE.q_sample(x0, t, noise)
+    a = SCHEDULE.alphas_cumprod[t].float().reshape(-1, 1, 1, 1)
+    v_hat = {"a": randn(*SHAPE, seed=13), "b": randn(*SHAPE, seed=14)}
+    eps = {m: a.sqrt() * v + (1 - a).sqrt() * x_t for m, v in v_hat.items()}
+    logits = {"a": randn(2, 1, 8, 8, seed=15), "b": randn(2, 1, 8, 8, seed=16)}
+    loss = collaborative_loss(eps, logits, noise, loss_space_weight(SCHEDULE, t, space))
+    w = influence_weights(logits)
+    if space == "v":
+        predicted, target = combine(v_hat, w), a.sqrt() * noise - (1 - a).sqrt() * x0
+    else:
+        predicted, target = SCHEDULE.predict_x0(x_t, t, combine(eps, w)), x0
+    expected = ((predicted - target) ** 2).mean(dim=(1, 2, 3)).mean()
+    assert torch.allclose(loss, expected, rtol=1e-3)
+    # the large timestep carries a weight the ε-loss does not give it
+    assert loss_space_weight(SCHEDULE, t, space)[1] > 100 * loss_space_weight(SCHEDULE, t, "eps")[1]
+
+
+def test_loss_space_and_sample_weights_are_checked():
+    from ldm.diffusion.schedule import loss_space_weight
+
+    with pytest.raises(ValueError, match="loss space must be one of"):
+        loss_space_weight(SCHEDULE, torch.tensor([1]), "x_0")
+    eps = {"a": randn(*SHAPE, seed=1)}
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \[2\]"):
+        collaborative_loss(eps, {"a": torch.zeros(2, 1, 8, 8)}, eps["a"], torch.ones(3))

@@ -80,14 +80,24 @@ def combine(eps_by_modality: Mapping[str, Tensor], weights_by_modality: Mapping[
 
 
 def collaborative_loss(
-    eps_by_modality: Mapping[str, Tensor], logits_by_modality: Mapping[str, Tensor], noise: Tensor
+    eps_by_modality: Mapping[str, Tensor],
+    logits_by_modality: Mapping[str, Tensor],
+    noise: Tensor,
+    sample_weight: Optional[Tensor] = None,
 ) -> Tensor:
     """Training loss of the dynamic diffusers: mean ||sum_m w_m eps_m - eps||^2 (float32).
 
-    The weights are the plain softmax: the inference-only adjustments never enter training.
+    ``sample_weight`` [B] (optional) weights each sample's mean squared error, e.g.
+    :func:`ldm.diffusion.schedule.loss_space_weight` to measure the error in v or x_0 instead of eps.
+    The influence weights are the plain softmax: the inference-only adjustments never enter training.
     """
     predicted = combine(eps_by_modality, influence_weights(logits_by_modality))
-    return F.mse_loss(predicted.float(), noise.float())
+    error = (predicted.float() - noise.float()) ** 2  # [B, C, H, W]
+    if sample_weight is None:
+        return error.mean()
+    if sample_weight.shape != error.shape[:1]:
+        raise ValueError(f"sample_weight must have shape [{error.shape[0]}], got {tuple(sample_weight.shape)}")
+    return (sample_weight.float() * error.mean(dim=tuple(range(1, error.dim())))).mean()
 
 
 # ------------------------------------------------------------------------------------------------

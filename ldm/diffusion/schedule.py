@@ -171,3 +171,24 @@ def min_snr_weight(snr: Tensor, gamma: float, prediction: str = "eps") -> Tensor
     if prediction == "v":
         return capped / (snr + 1.0)
     raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+
+
+LOSS_SPACES = ("eps", "v", "x0")
+
+
+def loss_space_weight(schedule: NoiseSchedule, t: Tensor, space: str) -> Tensor:
+    """Per-sample weights [B] (float32, on t's device) that turn an ε-MSE at timesteps t into the MSE of ``space``.
+
+    For any prediction read as ε̂ at a fixed x_t: v − v̂ = (ε − ε̂) / sqrt(ᾱ_t) and x_0 − x̂_0 = −(ε − ε̂) / sqrt(SNR_t),
+    so the weights are 1 ("eps"), 1 / ᾱ_t ("v") and 1 / SNR_t ("x0"). ε weighs every t alike, which leaves the
+    large t (where the coarse layout and the global attributes are decided) with almost no share of the loss;
+    v weighs them like the small t; x_0 weighs them most and the nearly clean steps hardly at all.
+    """
+    if space not in LOSS_SPACES:
+        raise ValueError(f"loss space must be one of {LOSS_SPACES}, got {space!r}")
+    if space == "eps":
+        return torch.ones(torch.as_tensor(t).shape, dtype=torch.float32, device=torch.as_tensor(t).device)
+    snr = schedule.snr(t)
+    if space == "v":
+        return (snr + 1.0) / snr  # 1 / ᾱ = (SNR + 1) / SNR
+    return 1.0 / snr
