@@ -283,12 +283,12 @@ class Images(torch.utils.data.Dataset):
         return {"image": torch.rand(3, 16, 16, generator=g) * 2 - 1, "name": str(i)}
 
 
-def train_tiny(with_disc, seed=0, disc_start=1, accumulate=1):
+def train_tiny(with_disc, seed=0, disc_start=1, accumulate=1, decoder_only=False):
     pl.seed_everything(seed, verbose=False)
     vae = AutoencoderKL(ch_mult=[1, 2], embed_dim=3, z_channels=3, ch=32, num_res_blocks=1, resolution=16)
     disc = NLayerDiscriminator(ndf=8, n_layers=2) if with_disc else None
     loss = VAELoss(perceptual=LPIPS(), discriminator=disc, disc_start=disc_start)
-    module = AutoencoderModule(vae, loss, learning_rate=1e-3)
+    module = AutoencoderModule(vae, loss, learning_rate=1e-3, train_decoder_only=decoder_only)
     before = {k: v.clone() for k, v in module.state_dict().items()}
     loader = torch.utils.data.DataLoader(Images(), batch_size=2)
     trainer = pl.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -322,6 +322,18 @@ def test_discriminator_waits_for_disc_start():
             assert torch.equal(after[key], before[key]), key
     assert metrics["train/disc_factor"] == 0 and metrics["train/disc_loss"] == 0
     assert not torch.equal(after["vae.decoder.conv_out.weight"], before["vae.decoder.conv_out.weight"])
+
+
+@pytest.mark.parametrize("with_disc", [False, True])
+def test_decoder_only_training_keeps_the_latents(with_disc):
+    before, after, metrics = train_tiny(with_disc, decoder_only=True)
+    encoder = [k for k in before if k.startswith(("vae.encoder.", "vae.quant_conv."))]
+    assert encoder and all(torch.equal(after[k], before[k]) for k in encoder)  # the same latents as before
+    assert not torch.equal(after["vae.decoder.conv_out.weight"], before["vae.decoder.conv_out.weight"])
+    assert not torch.equal(after["vae.post_quant_conv.weight"], before["vae.post_quant_conv.weight"])
+    if with_disc:
+        assert not torch.equal(after["loss.discriminator.main.0.weight"], before["loss.discriminator.main.0.weight"])
+    assert torch.isfinite(metrics["train/total_loss"])
 
 
 def test_training_is_deterministic():

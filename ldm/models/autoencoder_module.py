@@ -38,6 +38,7 @@ class AutoencoderModule(pl.LightningModule):
         betas: list[float] = [0.5, 0.9],  # noqa: B006 (never mutated)
         learn_logvar: bool = False,
         train_crop: Optional[int] = None,
+        train_decoder_only: bool = False,
     ):
         """``learn_logvar``: the released optimiser leaves ``loss.logvar`` out (it stays at its initial
         0 and exists for the checkpoint layout); ``true`` trains it with the autoencoder.
@@ -45,7 +46,12 @@ class AutoencoderModule(pl.LightningModule):
         ``train_crop``: ``null`` (released) trains on whole images; a size S trains each batch on one random
         S x S window (the same for the whole batch, drawn from the step's generator). The autoencoder is
         convolutional, so it learns the same map from fewer pixels per image: more images per second on a
-        CPU, and every window holds part of the (centred) face. Validation and use stay on whole images."""
+        CPU, and every window holds part of the (centred) face. Validation and use stay on whole images.
+
+        ``train_decoder_only``: ``false`` (released) trains the whole autoencoder; ``true`` freezes the encoder
+        and ``quant_conv`` (weights and mode) and trains ``post_quant_conv``, the decoder (and the discriminator):
+        the latents stay exactly those of the ``vae`` given (e.g. a trained VAE loaded through a pretrained node),
+        so every diffusion model trained on them stays valid while the decoder learns to render them better."""
         super().__init__()
         self.vae = vae
         self.loss = loss
@@ -56,7 +62,22 @@ class AutoencoderModule(pl.LightningModule):
         if train_crop is not None and train_crop < 8:
             raise ConfigError(f"AutoencoderModule: train_crop must be at least 8 pixels (or null), got {train_crop}")
         self.train_crop = train_crop
+        self.train_decoder_only = train_decoder_only
+        if train_decoder_only:
+            for module in self.encoder_modules():
+                module.requires_grad_(False)
         self._window_step, self._window_batch = -1, 0  # see next_micro_batch
+
+    def encoder_modules(self) -> list[torch.nn.Module]:
+        """The modules that map an image to its latent posterior."""
+        return [self.vae.encoder, self.vae.quant_conv]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.train_decoder_only:
+            for module in self.encoder_modules():
+                module.eval()
+        return self
 
     def next_micro_batch(self) -> int:
         """The run-wide index of the training micro-batch about to be drawn (call once per training step):
@@ -105,7 +126,7 @@ class AutoencoderModule(pl.LightningModule):
         return l1
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        vae_params = list(self.vae.parameters()) + ([self.loss.logvar] if self.learn_logvar else [])
+        vae_params = [p for p in self.vae.parameters() if p.requires_grad] + ([self.loss.logvar] if self.learn_logvar else [])
         groups = [{"params": vae_params, "name": "vae"}]
         if self.loss.discriminator is not None:
             groups.append({"params": list(self.loss.discriminator.parameters()), "name": "discriminator"})
