@@ -87,6 +87,25 @@ def test_schedule_mismatch_between_expert_and_model_is_refused():
         LatentDiffusion(expert, nn.Identity(), cond_key="text", scale_factor=1.0)
 
 
+def test_condition_encoder_learning_rate_scale():
+    from ldm.models.latent_diffusion import LatentDiffusion
+
+    unet, encoder = nn.Linear(2, 2), nn.Linear(3, 3)
+    encoder.encode = encoder.forward
+    expert = Expert(unet, encoder)
+    model = LatentDiffusion(expert, nn.Identity(), cond_key="text", scale_factor=1.0, learning_rate=1e-3, cond_encoder_lr_scale=4.0)
+    unet_group, encoder_group = model.configure_optimizers().param_groups
+    assert unet_group["lr"] == pytest.approx(1e-3) and encoder_group["lr"] == pytest.approx(4e-3)
+    assert {id(p) for p in unet_group["params"]} == {id(p) for p in unet.parameters()}
+    assert {id(p) for p in encoder_group["params"]} == {id(p) for p in encoder.parameters()}
+    released = LatentDiffusion(expert, nn.Identity(), cond_key="text", scale_factor=1.0, learning_rate=1e-3)
+    assert len(released.configure_optimizers().param_groups) == 1  # the released layout, for resuming old runs
+    with pytest.raises(ConfigError, match="must be positive"):
+        LatentDiffusion(expert, nn.Identity(), cond_key="text", scale_factor=1.0, cond_encoder_lr_scale=0.0)
+    with pytest.raises(ConfigError, match="train_cond_encoder: true"):
+        LatentDiffusion(expert, nn.Identity(), cond_key="text", scale_factor=1.0, cond_encoder_lr_scale=2.0, train_cond_encoder=False)
+
+
 V_MIN_SNR = ["model.params.expert.params.prediction=v", "model.params.min_snr_gamma=5.0"]
 
 
@@ -99,6 +118,14 @@ def test_v_prediction_with_min_snr_trains_and_samples(tiny, tmp_path):
 
     model = load_model(run / "checkpoints" / "config.yaml", run / "checkpoints" / "last.ckpt")
     assert model.expert.prediction == "v" and model.min_snr_gamma == 5.0
+
+
+def test_condition_encoder_learning_rate_scale_trains_end_to_end(tiny, tmp_path):
+    run = tmp_path / "enc_lr"
+    assert script("train_ldm").main(train_args(tiny, run, 2, 2, "model.params.cond_encoder_lr_scale=3.0")) == 0
+    groups = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert [g["name"] for g in groups] == ["unet", "cond_encoder"]
+    assert groups[1]["lr"] == pytest.approx(3.0 * groups[0]["lr"])
 
 
 def test_ema_checkpoint_holds_the_average_and_resumes_bit_for_bit(tiny, tmp_path):

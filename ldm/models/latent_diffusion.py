@@ -30,6 +30,9 @@ class LatentDiffusion(LatentDiffusionBase):
         min_snr_gamma: ``null`` (released): the plain mean squared error of the expert's own target (ε, or v
             for a v-predicting expert); a number γ weights each sample by min-SNR-γ
             (:func:`ldm.diffusion.schedule.min_snr_weight`).
+        cond_encoder_lr_scale: 1 (released): one learning rate for the UNet and the condition encoder; a
+            factor s trains the condition encoder at s × the UNet's rate (its own parameter group, which the
+            learning-rate schedule scales like the UNet's).
     """
 
     checkpoint_kind = "ldm"  # what ldm.checkpoints.detect_kind calls this model's files
@@ -48,15 +51,24 @@ class LatentDiffusion(LatentDiffusionBase):
         train_cond_encoder: bool = True,
         seed: int = 23,
         min_snr_gamma: float | None = None,
+        cond_encoder_lr_scale: float = 1.0,
     ):
         super().__init__(vae, scale_factor, num_timesteps, linear_start, linear_end, learning_rate, weight_decay, seed)
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ConfigError(f"LatentDiffusion: min_snr_gamma must be positive or null, got {min_snr_gamma}")
+        if cond_encoder_lr_scale <= 0:
+            raise ConfigError(f"LatentDiffusion: cond_encoder_lr_scale must be positive, got {cond_encoder_lr_scale}")
+        if cond_encoder_lr_scale != 1.0 and not train_cond_encoder:
+            raise ConfigError(
+                "LatentDiffusion: cond_encoder_lr_scale needs a trained condition encoder; "
+                "set train_cond_encoder: true or leave the scale at 1"
+            )
         check_expert_schedule(expert, self.schedule, "LatentDiffusion")
         self.expert = expert
         self.cond_key = cond_key
         self.min_snr_gamma = min_snr_gamma
         self.train_cond_encoder = train_cond_encoder
+        self.cond_encoder_lr_scale = cond_encoder_lr_scale
         if not train_cond_encoder:
             freeze(self.expert.cond_encoder)
 
@@ -87,4 +99,12 @@ class LatentDiffusion(LatentDiffusionBase):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.expert.parameters() if p.requires_grad]
         logger.info("training %d expert parameters at lr %.3g", sum(p.numel() for p in params), self.learning_rate)
-        return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        if self.cond_encoder_lr_scale == 1.0:  # the released optimiser: one group
+            return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        encoder = {id(p) for p in self.expert.cond_encoder.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in encoder], "lr": self.learning_rate, "name": "unet"},
+            {"params": [p for p in params if id(p) in encoder], "lr": self.learning_rate * self.cond_encoder_lr_scale, "name": "cond_encoder"},
+        ]
+        logger.info("condition encoder at lr %.3g (%g x)", groups[1]["lr"], self.cond_encoder_lr_scale)
+        return torch.optim.AdamW(groups, lr=self.learning_rate, weight_decay=self.weight_decay)
