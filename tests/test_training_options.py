@@ -183,3 +183,22 @@ def test_vae_trains_on_random_windows(tiny, tmp_path, capsys):
     capsys.readouterr()
     assert script("train_vae").main([*common, "--run-dir", str(tmp_path / "big"), "model.params.train_crop=64"]) == 2
     assert "train_crop 64" in capsys.readouterr().err
+
+
+def test_vae_decoder_only_through_the_script_keeps_the_encoder(tiny, tmp_path):
+    """model.params.train_decoder_only: train_vae.py trains the decoder and leaves the encoder's weights as given."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load("configs/tiny/vae.yaml")
+    config.model.params.vae = {"target": "ldm.checkpoints.pretrained",
+                               "params": {"config": "configs/tiny/vae.yaml", "component": "vae", "ckpt": str(tiny["vae"])}}
+    config.model.params.train_decoder_only = True
+    OmegaConf.save(config, tmp_path / "vae_decoder.yaml")
+    run = tmp_path / "decoder"
+    argv = ["--config", str(tmp_path / "vae_decoder.yaml"), "--accelerator", "cpu", "--devices", "1", "--max-steps", "2",
+            "--run-dir", str(run), f"data.train.params.root={tiny['data']}"]
+    assert script("train_vae").main(argv) == 0
+    given, trained = torch.load(tiny["vae"]), load_state_dict(run / "checkpoints" / "last.ckpt")
+    encoder = [k for k in given if k.startswith(("vae.encoder.", "vae.quant_conv."))]
+    assert encoder and all(torch.equal(trained[k], given[k]) for k in encoder)
+    assert not torch.equal(trained["vae.decoder.conv_out.weight"], given["vae.decoder.conv_out.weight"])

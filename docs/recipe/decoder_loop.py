@@ -6,11 +6,12 @@ high-frequency energy of the reconstructions against the real images' (the resid
 Example:
   python docs/recipe/decoder_loop.py --steps 1500 --gan --out outputs/exp/dec_gan
 """
-import argparse, json, math, time
+import argparse, json, time
 
 import torch
 from torch.utils.data import DataLoader
 
+from ldm.callbacks import LearningRateSchedule
 from ldm.checkpoints import pretrained
 from ldm.data.celeba import PreprocessedFaces
 from ldm.data.faceworld import load_labels
@@ -23,7 +24,7 @@ from ldm.modules.vae_loss import VAELoss
 
 p = argparse.ArgumentParser()
 p.add_argument("--config", default="configs/faceworld/vae.yaml")
-p.add_argument("--ckpt", default="outputs/faceworld_train/runs/vae/checkpoints/last.ckpt")
+p.add_argument("--ckpt", default="checkpoints/faceworld/vae.safetensors")
 p.add_argument("--root", default="outputs/faceworld_train/faceworld")
 p.add_argument("--evaldir", default="checkpoints/faceworld")
 p.add_argument("--steps", type=int, default=1500); p.add_argument("--bs", type=int, default=16)
@@ -68,10 +69,11 @@ if not a.eval_only:
     params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
     groups = [{"params": params}] + ([{"params": list(disc.parameters())}] if disc is not None else [])
     opt = torch.optim.Adam(groups, lr=a.lr, betas=(0.5, 0.9) if a.gan else (0.9, 0.999))
+    schedule = LearningRateSchedule("cosine", a.steps, warmup_steps=0, min_ratio=0.1)  # the configs' schedule
     vae.train(); start = time.time()
     for step in range(a.steps):
-        for group in opt.param_groups:  # cosine to 0.1x
-            group["lr"] = a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / a.steps)))
+        for group in opt.param_groups:
+            group["lr"] = a.lr * schedule.factor(step)
         idx = torch.randint(0, len(images), (a.bs,), generator=g)
         x, posterior = images[idx], DiagonalGaussian(moments[idx])
         recon = vae.decode(posterior.sample(g))
@@ -87,4 +89,5 @@ if not a.eval_only:
     log["after"] = score(vae.eval())
     print(json.dumps(log["after"]), flush=True)
     torch.save({"state_dict": {f"vae.{k}": v for k, v in vae.state_dict().items()}}, a.out + ".ckpt")
-json.dump({**vars(a), **log}, open(a.out + ".json", "w"), indent=1)
+with open(a.out + ".json", "w") as f:
+    json.dump({**vars(a), **log}, f, indent=1)
