@@ -88,6 +88,22 @@ def test_sample_timesteps_uniform_and_reproducible():
     assert t1.dtype == torch.long and torch.equal(t1, t2) and 0 <= t1.min() and t1.max() < 1000
 
 
+def test_sample_timesteps_logit_normal_draws_the_middle_more_often():
+    n = 20000
+    uniform = SCHEDULE.sample_timesteps(n, torch.Generator().manual_seed(0), "cpu")
+    middle = SCHEDULE.sample_timesteps(n, torch.Generator().manual_seed(0), "cpu", logit_normal=(0.0, 1.0))
+    assert middle.dtype == torch.long and 0 <= middle.min() and middle.max() < 1000
+    share = lambda t: ((t >= 300) & (t < 700)).float().mean().item()  # noqa: E731
+    # P(|logit(u)| < logit(0.7) = 0.847) = 0.603 for N(0, 1); 0.4 for the uniform draw
+    assert share(uniform) == pytest.approx(0.40, abs=0.015) and share(middle) == pytest.approx(0.603, abs=0.015)
+    assert middle.float().median().item() == pytest.approx(500, abs=10)
+    late = SCHEDULE.sample_timesteps(n, torch.Generator().manual_seed(0), "cpu", logit_normal=(1.0, 1.0))
+    assert late.float().median().item() == pytest.approx(1000 * torch.sigmoid(torch.tensor(1.0)).item(), abs=10)
+    assert torch.equal(middle, SCHEDULE.sample_timesteps(n, torch.Generator().manual_seed(0), "cpu", logit_normal=(0.0, 1.0)))
+    with pytest.raises(ValueError, match="std must be positive"):
+        SCHEDULE.sample_timesteps(4, None, "cpu", logit_normal=(0.0, 0.0))
+
+
 # ------------------------------------------------------------------------------------------------
 # DDIM
 

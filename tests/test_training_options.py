@@ -120,6 +120,24 @@ def test_v_prediction_with_min_snr_trains_and_samples(tiny, tmp_path):
     assert model.expert.prediction == "v" and model.min_snr_gamma == 5.0
 
 
+def test_logit_normal_timesteps_train_end_to_end(tiny, tmp_path):
+    run = tmp_path / "logit_t"
+    args = ["model.params.timestep_logit_std=1.0", "model.params.timestep_logit_mean=0.5"]
+    assert script("train_ldm").main(train_args(tiny, run, 2, 2, *args)) == 0
+    from ldm.pipeline import load_model
+
+    model = load_model(run / "checkpoints" / "config.yaml", run / "checkpoints" / "last.ckpt")
+    assert model.timestep_logit_normal == (0.5, 1.0)
+    from ldm.models.latent_diffusion import LatentDiffusion
+
+    unet, encoder = nn.Linear(2, 2), nn.Linear(3, 3)
+    encoder.encode = encoder.forward
+    with pytest.raises(ConfigError, match="timestep_logit_std must be positive"):
+        LatentDiffusion(Expert(unet, encoder), nn.Identity(), cond_key="text", scale_factor=1.0, timestep_logit_std=0.0)
+    with pytest.raises(ConfigError, match="needs timestep_logit_std"):
+        LatentDiffusion(Expert(unet, encoder), nn.Identity(), cond_key="text", scale_factor=1.0, timestep_logit_mean=1.0)
+
+
 def test_condition_encoder_learning_rate_scale_trains_end_to_end(tiny, tmp_path):
     run = tmp_path / "enc_lr"
     assert script("train_ldm").main(train_args(tiny, run, 2, 2, "model.params.cond_encoder_lr_scale=3.0")) == 0

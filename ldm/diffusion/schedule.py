@@ -93,15 +93,30 @@ class NoiseSchedule:
         return (a / (1.0 - a)).to(device=t.device, dtype=torch.float32)
 
     def sample_timesteps(
-        self, batch: int, generator: Optional[torch.Generator], device: Union[torch.device, str, None] = None
+        self,
+        batch: int,
+        generator: Optional[torch.Generator],
+        device: Union[torch.device, str, None] = None,
+        logit_normal: Optional[tuple[float, float]] = None,
     ) -> Tensor:
-        """Training timesteps, uniform in [0, T): LongTensor[batch] on ``device``.
+        """Training timesteps in [0, T): LongTensor[batch] on ``device``.
 
+        Uniform (the released training) unless ``logit_normal = (mean, std)``: then t = ⌊T·sigmoid(mean + std·n)⌋,
+        n ~ N(0, 1), which draws the middle timesteps more often than the nearly clean and the nearly pure-noise
+        ones (the logit-normal of Esser et al., 2024, on the discrete schedule; every t keeps a non-zero chance).
         Drawn on the generator's device (so a CPU generator works for CUDA training), then moved.
         ``generator=None`` falls back on torch's global RNG.
         """
         draw_device = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=draw_device)
+        if logit_normal is None:
+            t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=draw_device)
+        else:
+            mean, std = logit_normal
+            if not std > 0:
+                raise ValueError(f"the logit-normal timestep std must be positive, got {std}")
+            n = torch.randn(batch, generator=generator, device=draw_device, dtype=torch.float64)
+            u = torch.sigmoid(mean + std * n)  # (0, 1)
+            t = (u * self.num_timesteps).long().clamp_(0, self.num_timesteps - 1)
         return t.to(device) if device is not None else t
 
     # ----------------------------------------------------------------------------------------

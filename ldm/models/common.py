@@ -75,7 +75,18 @@ class LatentDiffusionBase(pl.LightningModule):
     schedule, and steps that draw their randomness from :func:`step_generator`. A subclass defines
     ``diffusion_loss(batch, generator, shard=BatchShard())`` and ``configure_optimizers``."""
 
-    def __init__(self, vae: nn.Module, scale_factor: float, num_timesteps: int, linear_start: float, linear_end: float, learning_rate: float, weight_decay: float, seed: int):
+    def __init__(
+        self,
+        vae: nn.Module,
+        scale_factor: float,
+        num_timesteps: int,
+        linear_start: float,
+        linear_end: float,
+        learning_rate: float,
+        weight_decay: float,
+        seed: int,
+        timestep_logit_normal: tuple[float, float] | None = None,
+    ):
         super().__init__()
         self.vae = freeze(vae)
         self.scale_factor = scale_factor
@@ -83,6 +94,7 @@ class LatentDiffusionBase(pl.LightningModule):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.seed = seed
+        self.timestep_logit_normal = timestep_logit_normal  # None: t ~ U{0..T-1}, as released
         self.latent_cache: LatentCache | None = None  # see use_latent_cache
 
     def frozen_modules(self) -> list[nn.Module]:
@@ -121,13 +133,14 @@ class LatentDiffusionBase(pl.LightningModule):
         return self.latent_cache.moments(batch[INDEX_KEY], batch["image"], encode)
 
     def noisy_latents(self, batch: dict[str, Any], generator: torch.Generator, shard: BatchShard = BatchShard()) -> NoisyLatents:
-        """x0 = E(image)·scale; t ~ U{0..T-1}; ε ~ N(0, I); x_t = q_sample(x0, t, ε).
+        """x0 = E(image)·scale; t ~ U{0..T-1} (or logit-normal, see ``NoiseSchedule.sample_timesteps``); ε ~ N(0, I);
+        x_t = q_sample(x0, t, ε).
 
         The posterior sample, t and ε are drawn for the global batch and ``shard`` keeps this rank's rows."""
         with torch.no_grad():
             mean, std = self.posterior_moments(batch)
             x0 = (mean + std * shard.randn(mean, generator)) * self.scale_factor
-        t = shard.rows(self.schedule.sample_timesteps(x0.shape[0] * shard.world_size, generator, x0.device))
+        t = shard.rows(self.schedule.sample_timesteps(x0.shape[0] * shard.world_size, generator, x0.device, self.timestep_logit_normal))
         noise = shard.randn(x0, generator)
         return NoisyLatents(self.schedule.q_sample(x0, t, noise), t, noise, x0)
 

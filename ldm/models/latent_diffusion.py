@@ -30,6 +30,10 @@ class LatentDiffusion(LatentDiffusionBase):
         min_snr_gamma: ``null`` (released): the plain mean squared error of the expert's own target (ε, or v
             for a v-predicting expert); a number γ weights each sample by min-SNR-γ
             (:func:`ldm.diffusion.schedule.min_snr_weight`).
+        timestep_logit_std: ``null`` (released): training timesteps uniform in [0, T); a number s draws them
+            logit-normal, t = ⌊T·sigmoid(m + s·n)⌋ with m = ``timestep_logit_mean``, which trains the middle
+            timesteps (where the caption's and the mask's effect on the noise is largest) more often
+            (:meth:`ldm.diffusion.schedule.NoiseSchedule.sample_timesteps`).
         cond_encoder_lr_scale: 1 (released): one learning rate for the UNet and the condition encoder; a
             factor s trains the condition encoder at s × the UNet's rate (its own parameter group, which the
             learning-rate schedule scales like the UNet's).
@@ -52,8 +56,15 @@ class LatentDiffusion(LatentDiffusionBase):
         seed: int = 23,
         min_snr_gamma: float | None = None,
         cond_encoder_lr_scale: float = 1.0,
+        timestep_logit_mean: float = 0.0,
+        timestep_logit_std: float | None = None,
     ):
-        super().__init__(vae, scale_factor, num_timesteps, linear_start, linear_end, learning_rate, weight_decay, seed)
+        if timestep_logit_std is not None and not timestep_logit_std > 0:
+            raise ConfigError(f"LatentDiffusion: timestep_logit_std must be positive or null, got {timestep_logit_std}")
+        if timestep_logit_std is None and timestep_logit_mean != 0.0:
+            raise ConfigError("LatentDiffusion: timestep_logit_mean needs timestep_logit_std (null keeps the uniform timesteps)")
+        logit_normal = None if timestep_logit_std is None else (float(timestep_logit_mean), float(timestep_logit_std))
+        super().__init__(vae, scale_factor, num_timesteps, linear_start, linear_end, learning_rate, weight_decay, seed, logit_normal)
         if min_snr_gamma is not None and min_snr_gamma <= 0:
             raise ConfigError(f"LatentDiffusion: min_snr_gamma must be positive or null, got {min_snr_gamma}")
         if cond_encoder_lr_scale <= 0:
