@@ -121,14 +121,17 @@ def test_v_prediction_with_min_snr_trains_and_samples(tiny, tmp_path):
 
 
 def test_logit_normal_timesteps_train_end_to_end(tiny, tmp_path):
-    run = tmp_path / "logit_t"
-    args = ["model.params.timestep_logit_std=1.0", "model.params.timestep_logit_mean=0.5"]
-    assert script("train_ldm").main(train_args(tiny, run, 2, 2, *args)) == 0
+    from ldm.models.latent_diffusion import LatentDiffusion
     from ldm.pipeline import load_model
 
+    run = tmp_path / "logit_t"
+    # mean 6, std 0.1: every training t lies in [996, 999], which a uniform draw would almost never give
+    args = ["model.params.timestep_logit_std=0.1", "model.params.timestep_logit_mean=6.0"]
+    assert script("train_ldm").main(train_args(tiny, run, 2, 2, *args)) == 0
     model = load_model(run / "checkpoints" / "config.yaml", run / "checkpoints" / "last.ckpt")
-    assert model.timestep_logit_normal == (0.5, 1.0)
-    from ldm.models.latent_diffusion import LatentDiffusion
+    assert model.timestep_logit_normal == (6.0, 0.1)
+    noisy = model.noisy_latents({"image": torch.zeros(64, 3, 32, 32)}, torch.Generator().manual_seed(0))
+    assert noisy.t.min() >= 990
 
     unet, encoder = nn.Linear(2, 2), nn.Linear(3, 3)
     encoder.encode = encoder.forward
