@@ -83,6 +83,7 @@ class TrainSettings:
     warmup_steps: int = 0  # linear warm-up from 0 over this many steps (0: none, as released)
     lr_min_ratio: float = 0.1  # the cosine schedule's final learning rate as a fraction of the peak
     cache_latents: bool = False  # experts and diffusers: encode each training image once (ldm.models.latent_cache); off as released
+    fused_optimizer: bool = False  # torch's fused Adam/AdamW kernel (ldm.models.common.AdamOptions); off: torch's default, as released
 
 
 @dataclass

@@ -168,6 +168,8 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
     model = instantiate(cfg.model, learning_rate=lr)
     if settings.cache_latents:
         train_set = cached_training_set(train_set, model)
+    if settings.fused_optimizer:
+        use_fused_optimizer(model)
 
     if settings.max_steps is None or settings.max_steps < 0:
         if settings.max_epochs is None:
@@ -240,6 +242,17 @@ def train(cfg: DictConfig, name: str, launch: LaunchOptions) -> Path:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         trainer.fit(model, datamodule=data, ckpt_path=str(resume) if resume else None)
     return checkpoint_dir
+
+
+def use_fused_optimizer(model: pl.LightningModule) -> None:
+    """``train.fused_optimizer``: the model builds torch's fused Adam/AdamW (refused for a module that does not say how)."""
+    from ldm.models.common import AdamOptions
+
+    if not isinstance(model, AdamOptions):
+        raise ConfigError(
+            f"train.fused_optimizer is true but {type(model).__name__} builds its own optimiser; remove train.fused_optimizer from this config"
+        )
+    model.use_fused_optimizer()
 
 
 def cached_training_set(train_set: Dataset, model: pl.LightningModule) -> Dataset:

@@ -23,11 +23,12 @@ from torch import Tensor
 
 from ldm import seeding
 from ldm.errors import ConfigError
+from ldm.models.common import AdamOptions
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.vae_loss import VAELoss
 
 
-class AutoencoderModule(pl.LightningModule):
+class AutoencoderModule(AdamOptions, pl.LightningModule):
     checkpoint_kind = "vae"
 
     def __init__(
@@ -130,7 +131,7 @@ class AutoencoderModule(pl.LightningModule):
         groups = [{"params": vae_params, "name": "vae"}]
         if self.loss.discriminator is not None:
             groups.append({"params": list(self.loss.discriminator.parameters()), "name": "discriminator"})
-        return torch.optim.Adam(groups, lr=self.learning_rate, betas=self.betas)
+        return torch.optim.Adam(groups, lr=self.learning_rate, betas=self.betas, **self.optimizer_options())
 
 
 def random_window(images: Tensor, size: int, generator: torch.Generator) -> Tensor:

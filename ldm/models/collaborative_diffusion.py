@@ -91,4 +91,4 @@ class CollaborativeDiffusion(LatentDiffusionBase):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = self.trainable_parameters()
         logger.info("training %d diffuser parameters at lr %.3g", sum(p.numel() for p in params), self.learning_rate)
-        return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay, **self.optimizer_options())

@@ -14,11 +14,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ldm.models.common import AdamOptions
 from ldm.modules.attribute_classifier import AttributeClassifier
 from ldm.modules.face_parser import FaceParser
 
 
-class FaceParserModule(pl.LightningModule):
+class FaceParserModule(AdamOptions, pl.LightningModule):
     """Per-pixel cross-entropy of :class:`FaceParser` against the index mask."""
 
     def __init__(self, parser: FaceParser, learning_rate: float = 1.0e-3, weight_decay: float = 0.0):
@@ -37,10 +38,10 @@ class FaceParserModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parser.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(self.parser.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay, **self.optimizer_options())
 
 
-class AttributeClassifierModule(pl.LightningModule):
+class AttributeClassifierModule(AdamOptions, pl.LightningModule):
     """Sum over the heads of the cross-entropy of :class:`AttributeClassifier` against the labels."""
 
     def __init__(self, classifier: AttributeClassifier, learning_rate: float = 1.0e-3, weight_decay: float = 0.0):
@@ -60,4 +61,4 @@ class AttributeClassifierModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.classifier.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(self.classifier.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay, **self.optimizer_options())

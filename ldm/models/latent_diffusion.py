@@ -111,11 +111,11 @@ class LatentDiffusion(LatentDiffusionBase):
         params = [p for p in self.expert.parameters() if p.requires_grad]
         logger.info("training %d expert parameters at lr %.3g", sum(p.numel() for p in params), self.learning_rate)
         if self.cond_encoder_lr_scale == 1.0:  # the released optimiser: one group
-            return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+            return torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay, **self.optimizer_options())
         encoder = {id(p) for p in self.expert.cond_encoder.parameters()}
         groups = [
             {"params": [p for p in params if id(p) not in encoder], "lr": self.learning_rate, "name": "unet"},
             {"params": [p for p in params if id(p) in encoder], "lr": self.learning_rate * self.cond_encoder_lr_scale, "name": "cond_encoder"},
         ]
         logger.info("condition encoder at lr %.3g (%g x)", groups[1]["lr"], self.cond_encoder_lr_scale)
-        return torch.optim.AdamW(groups, lr=self.learning_rate, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(groups, lr=self.learning_rate, weight_decay=self.weight_decay, **self.optimizer_options())
