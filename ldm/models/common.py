@@ -19,7 +19,7 @@ class AdamOptions:
 
     ``train.fused_optimizer: true`` (:func:`ldm.training.run` calls :meth:`use_fused_optimizer`) takes torch's
     fused kernel, one pass over all parameters instead of a few small kernels per tensor: the same algorithm
-    up to float rounding, and the optimiser step of the FaceWorld text expert goes from 45 to 9 ms on a
+    up to float rounding, and the optimiser step of the FaceWorld text expert goes from 27 to 6 ms on a
     2-core CPU (docs/faceworld_recipe.md, section 20). Off by default: torch's own choice, as released.
     """
 
