@@ -215,3 +215,24 @@ def test_invalid_time_injection_raises():
         UNetModel(**TINY, time_injection="film")
     with pytest.raises(ValueError, match="time_injection"):
         DynamicDiffuser(model_channels=32, context_dim=16, time_injection="AdaLN", **PAPER_LAYOUT)
+
+
+def test_cross_attention_only_levels_drop_the_self_attention_and_nothing_else():
+    """cross_attention_only_factors removes attn1/norm1 at those levels: the same as a full block whose
+    self-attention outputs zero, and fewer parameters; a level without attention is refused by name."""
+    full = randomize_zeros(UNetModel(**TINY))
+    cross = UNetModel(**{**TINY, "cross_attention_only_factors": [1]})
+    dropped = sorted(set(full.state_dict()) - set(cross.state_dict()))
+    assert dropped and all(".attn1." in k or ".norm1." in k for k in dropped)
+    assert not any(k.startswith(("input_blocks.3.", "middle_block.")) for k in dropped)  # factor 2 and the middle keep theirs
+    missing, unexpected = cross.load_state_dict(full.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == dropped
+    x, t, context = tiny_inputs()
+    with torch.no_grad():
+        for name, module in full.named_modules():
+            if name.endswith("attn1") and any(k.startswith(name + ".") for k in dropped):
+                module.to_out[0].weight.zero_()
+                module.to_out[0].bias.zero_()
+        torch.testing.assert_close(cross(x, t, context), full(x, t, context))
+    with pytest.raises(ValueError, match="cross_attention_only_factors"):
+        UNetModel(**{**TINY, "attention_downsample_factors": [2], "cross_attention_only_factors": [1]})

@@ -130,7 +130,12 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Pre-LayerNorm block: self-attention, cross-attention to the condition tokens, feed-forward."""
+    """Pre-LayerNorm block: self-attention, cross-attention to the condition tokens, feed-forward.
+
+    ``self_attention=False`` (not in the released model) drops the self-attention and its LayerNorm
+    (no ``attn1`` / ``norm1`` keys): the block then costs O(N·M) in its N pixels and M condition tokens
+    instead of O(N²), which is what makes it affordable on a large feature map.
+    """
 
     def __init__(
         self,
@@ -140,12 +145,13 @@ class BasicTransformerBlock(nn.Module):
         context_dim: Optional[int] = None,
         use_checkpoint: bool = False,
         dropout: float = 0.0,
+        self_attention: bool = True,
     ):
         super().__init__()
-        self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, dropout=dropout)
+        self.attn1 = CrossAttention(dim, heads=n_heads, dim_head=d_head, dropout=dropout) if self_attention else None
         self.ff = FeedForward(dim, glu=True, dropout=dropout)
         self.attn2 = CrossAttention(dim, context_dim=context_dim, heads=n_heads, dim_head=d_head, dropout=dropout)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim) if self_attention else None
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
         self.use_checkpoint = use_checkpoint
@@ -156,7 +162,8 @@ class BasicTransformerBlock(nn.Module):
         return self._forward(x, context)
 
     def _forward(self, x: torch.Tensor, context: Optional[torch.Tensor]) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+        if self.attn1 is not None:
+            x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         x = x + self.ff(self.norm3(x))
         return x
@@ -178,13 +185,14 @@ class SpatialTransformer(nn.Module):
         context_dim: Optional[int] = None,
         use_checkpoint: bool = False,
         dropout: float = 0.0,
+        self_attention: bool = True,
     ):
         super().__init__()
         inner_dim = n_heads * d_head
         self.norm = GroupNorm32(32, in_channels, eps=1e-6)
         self.proj_in = nn.Conv2d(in_channels, inner_dim, kernel_size=1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner_dim, n_heads, d_head, context_dim, use_checkpoint, dropout)
+            BasicTransformerBlock(inner_dim, n_heads, d_head, context_dim, use_checkpoint, dropout, self_attention)
             for _ in range(depth)
         )
         self.proj_out = nn.Conv2d(inner_dim, in_channels, kernel_size=1)

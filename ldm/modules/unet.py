@@ -13,7 +13,9 @@ State-dict keys are exactly the released ones, so official checkpoints load as t
 
 Attention is placed by downsample factor: ``attention_downsample_factors=[2, 4, 8]`` puts a
 SpatialTransformer at the levels whose feature maps are 2x, 4x and 8x smaller than the input
-(the released configs call this list ``attention_resolutions``).
+(the released configs call this list ``attention_resolutions``). ``cross_attention_only_factors`` (empty in
+the released model) names some of those levels whose transformers keep the cross-attention to the condition but
+drop the self-attention over the pixels: the condition reaches a fine grid without the cost quadratic in its size.
 
 The timestep enters every ResBlock in one of two ways (``time_injection``):
 
@@ -187,6 +189,8 @@ class UNetModel(nn.Module):
         dropout: dropout inside the ResBlocks.
         pooled_context: add ``Linear(mean of the context tokens)`` to the timestep embedding (not in the
             released model; see the module docstring).
+        cross_attention_only_factors: a subset of ``attention_downsample_factors`` whose transformers have no
+            self-attention (not in the released model; see the module docstring). The middle block keeps its own.
     """
 
     def __init__(
@@ -206,10 +210,17 @@ class UNetModel(nn.Module):
         zero_init_output: bool = True,
         dropout: float = 0.0,
         pooled_context: bool = False,
+        cross_attention_only_factors: list[int] = (),
     ):
         super().__init__()
         _check_time_injection(time_injection)
         attention_factors = {int(f) for f in attention_downsample_factors}
+        cross_only = {int(f) for f in cross_attention_only_factors}
+        if not cross_only <= attention_factors:
+            raise ValueError(
+                f"cross_attention_only_factors {sorted(cross_only)} must be levels that have attention "
+                f"(attention_downsample_factors {sorted(attention_factors)}); add them there or drop them here"
+            )
         reachable = {2**level for level in range(len(channel_mult))}
         if not attention_factors <= reachable:
             raise ValueError(
@@ -232,9 +243,10 @@ class UNetModel(nn.Module):
         def res_block(cin: int, cout: int) -> ResBlock:
             return ResBlock(cin, emb_dim, cout, dropout, time_injection, use_checkpoint)
 
-        def transformer(ch: int) -> SpatialTransformer:
+        def transformer(ch: int, factor: Optional[int] = None) -> SpatialTransformer:
             return SpatialTransformer(
-                ch, num_heads, ch // num_heads, transformer_depth, context_dim, use_checkpoint
+                ch, num_heads, ch // num_heads, transformer_depth, context_dim, use_checkpoint,
+                self_attention=factor not in cross_only,
             )
 
         # Down: input conv, then per level num_res_blocks x (ResBlock [+ attention]), then a downsample.
@@ -246,7 +258,7 @@ class UNetModel(nn.Module):
                 layers: list[nn.Module] = [res_block(ch, model_channels * mult)]
                 ch = model_channels * mult
                 if factor in attention_factors:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, factor))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -263,7 +275,7 @@ class UNetModel(nn.Module):
                 layers = [res_block(ch + skip_channels.pop(), model_channels * mult)]
                 ch = model_channels * mult
                 if factor in attention_factors:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, factor))
                 if level and i == num_res_blocks:
                     layers.append(Upsample(ch))
                     factor //= 2
