@@ -31,7 +31,7 @@ models add their class embedding. Cross-attention stays; this is a second, globa
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -210,7 +210,7 @@ class UNetModel(nn.Module):
         zero_init_output: bool = True,
         dropout: float = 0.0,
         pooled_context: bool = False,
-        cross_attention_only_factors: list[int] = (),
+        cross_attention_only_factors: Sequence[int] = (),
     ):
         super().__init__()
         _check_time_injection(time_injection)
