@@ -261,13 +261,13 @@ def pretrained(config: str, component: str, ckpt: Optional[str] = None, load_wei
 
 
 # The chain of pre-trained parts: which earlier models a config's pretrained nodes load, and where the nodes are.
-CHAIN_LINKS = {"text": ("vae",), "mask": ("vae",), "codiff": ("vae", "text", "mask")}
+CHAIN_LINKS = {"decoder": ("vae",), "text": ("vae",), "mask": ("vae",), "codiff": ("vae", "text", "mask")}
 PRETRAINED_NODES = {"vae": "model.params.vae", "text": "model.params.experts.text", "mask": "model.params.experts.seg_mask"}
 
 
 def pretrained_overrides(name: str, ckpts: Mapping[str, Any], configs: Optional[Mapping[str, Any]] = None) -> list[str]:
-    """Config overrides that point the pretrained nodes of model ``name`` ("vae", "text", "mask" or "codiff") at
-    the checkpoints ``ckpts[part]`` of the earlier links of the chain (vae -> experts -> codiff) and, with
+    """Config overrides that point the pretrained nodes of model ``name`` ("vae", "decoder", "text", "mask", "codiff") at
+    the checkpoints ``ckpts[part]`` of the earlier links of the chain (vae -> decoder, vae -> experts -> codiff) and, with
     ``configs``, at their configs ``configs[part]``. A model without pretrained parts gets none."""
     out = []
     for part in CHAIN_LINKS.get(name, ()):

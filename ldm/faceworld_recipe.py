@@ -7,6 +7,8 @@ an interrupted training stage resumes from its last checkpoint):
 2. ``parser``, ``classifier``, ``accuracy``   the evaluator networks, then their accuracy on the real test
                   split (first, so that an evaluator under the 95% bar shows up within minutes)
 3. ``vae``        configs/faceworld/vae.yaml
+   ``decoder``    configs/faceworld/decoder.yaml: its decoder trained further against a PatchGAN, encoder frozen
+                  (the latents stay the VAE stage's; the shipped ``vae.safetensors`` is this stage's VAE)
 4. ``scale``      scale_factor = 1 / std of the VAE's posterior samples on training images (as LDM does);
                   passed as an override to the experts and the collaborative model
 5. ``text``, ``mask``   the two experts, over the frozen VAE
@@ -45,10 +47,11 @@ from ldm.training import LaunchOptions, train
 logger = logging.getLogger(__name__)
 
 CONFIGS = Path("configs/faceworld")
-MODELS = ("vae", "text", "mask", "codiff", "parser", "classifier")
+MODELS = ("vae", "text", "mask", "codiff", "parser", "classifier")  # the shipped files
+TRAINED = ("vae", "decoder", "text", "mask", "codiff", "parser", "classifier")  # the training stages
 RESOLUTION = 64
 # what each trained stage is built on: a stage finished before one of these was (re)trained is stale
-BUILT_ON = {"scale": ("vae",), "text": ("vae", "scale"), "mask": ("vae", "scale"), "codiff": ("vae", "scale", "text", "mask"),
+BUILT_ON = {"scale": ("vae",), "decoder": ("vae",), "text": ("vae", "scale"), "mask": ("vae", "scale"), "codiff": ("vae", "scale", "text", "mask"),
             "usage": ("text", "mask")}
 # config entries that change how a stage runs, not what it trains: a finished stage is not stale when only these differ
 RUN_ONLY = ("train.cache_latents", "train.num_workers", "train.log_every_n_steps", "train.checkpoint_every_n_steps",
@@ -113,7 +116,8 @@ class Recipe:
         """Rebuild the run directories of finished ``stages`` from the shipped files in ``export`` (weights, resolved
         configs and ``recipe.json``), so that a re-run trains only the others: e.g. ``vae, mask, parser,
         classifier`` retrains the text expert and the dynamic diffusers on the shipped VAE. Reusing the VAE reuses
-        its scale factor, and the parser with the classifier their accuracy record. A reused model is the float16
+        its scale factor and its decoder stage (the shipped VAE is that stage's), and the parser with the classifier
+        their accuracy record. A reused model is the float16
         shipped weights as float32, so a stage trained over it differs from a from-scratch run by that rounding.
         Returns the stages rebuilt. Raises UserError before writing anything when a stage cannot be reused."""
         stages = list(dict.fromkeys(stages))
@@ -132,7 +136,7 @@ class Recipe:
         if missing_deps:
             raise UserError(f"--reuse-shipped: {', '.join(missing_deps)}: a reused model must sit on the same "
                             "models it was trained on; reuse those too")
-        extra = (["scale"] if "vae" in stages else []) + (["accuracy"] if {"parser", "classifier"} <= set(stages) else [])
+        extra = (["decoder", "scale"] if "vae" in stages else []) + (["accuracy"] if {"parser", "classifier"} <= set(stages) else [])
         there = [str(self.runs / s) for s in (*stages, *extra) if (self.runs / s).exists()]
         if there:
             raise UserError(f"--reuse-shipped would overwrite {', '.join(there)}; move them aside first "
@@ -154,18 +158,27 @@ class Recipe:
                 raise UserError(f"--reuse-shipped {s}: {self.o.export / f'{s}.yaml'} was trained with another config than "
                                 f"configs/faceworld/{s}.yaml gives now ({'; '.join(changed)}); train it instead")
             configs[s] = cfg
+        if "vae" in stages:  # the decoder stage's training config is kept in its record (it ships no file of its own)
+            cfg = load_config(CONFIGS / "decoder.yaml", self.overrides("decoder"))
+            changed = [c for c in config_changes(OmegaConf.create(records["decoder"].get("config", {})), cfg)
+                       if not c.startswith(("data.", "model.params.vae.params."))]
+            if changed:
+                raise UserError(f"--reuse-shipped vae: the shipped VAE's decoder stage was trained with another config than "
+                                f"configs/faceworld/decoder.yaml gives now ({'; '.join(changed)}); train it instead")
+            configs["decoder"] = cfg
         # in the recipe's order, so that every record is newer than the records it is built on
-        order = ("parser", "classifier", "accuracy", "vae", "scale", "text", "mask")
+        order = ("parser", "classifier", "accuracy", "vae", "decoder", "scale", "text", "mask")
         for s in (x for x in order if x in (*stages, *extra)):
-            if s in MODELS:
+            shipped = self.o.export / f"{'vae' if s == 'decoder' else s}.safetensors"
+            if s in TRAINED:
                 from safetensors.torch import load_file
 
-                state = {k: v.float() if v.dtype == torch.float16 else v for k, v in load_file(self.o.export / f"{s}.safetensors").items()}
+                state = {k: v.float() if v.dtype == torch.float16 else v for k, v in load_file(shipped).items()}
                 cfg = configs[s]
                 (self.runs / s / "checkpoints").mkdir(parents=True, exist_ok=True)
                 save_config(cfg, self.runs / s / "checkpoints" / "config.yaml")
                 atomic_torch_save({"state_dict": state, "global_step": int(records[s]["steps"])}, self.ckpt(s))
-            self.finish(s, {**records[s], "reused_from": str(self.o.export / f"{s}.safetensors") if s in MODELS else str(summary_file)})
+            self.finish(s, {**records[s], "reused_from": str(shipped) if s in TRAINED else str(summary_file)})
         return [x for x in order if x in (*stages, *extra)]
 
     # ---- stages ------------------------------------------------------------------------------------------
@@ -178,6 +191,7 @@ class Recipe:
         self.stage_train("classifier")
         self.stage_accuracy()
         self.stage_train("vae")
+        self.stage_train("decoder")
         self.stage_scale()
         for name in ("text", "mask", "codiff"):
             self.stage_train(name)
@@ -206,7 +220,7 @@ class Recipe:
         configs/faceworld/<stage>.yaml now gives, or one finished before a stage it is built on was (re)trained."""
         done = self.done_file(stage)
         changed = []
-        if stage in MODELS and (self.runs / stage / "checkpoints" / "config.yaml").is_file():
+        if stage in TRAINED and (self.runs / stage / "checkpoints" / "config.yaml").is_file():
             trained = load_config(self.runs / stage / "checkpoints" / "config.yaml")
             changed = config_changes(trained, load_config(CONFIGS / f"{stage}.yaml", self.overrides(stage)))
         newer = [dep for dep in BUILT_ON.get(stage, ()) if self.done_file(dep).is_file()
@@ -245,6 +259,8 @@ class Recipe:
             # an interrupted stage resumed at first_step: its time is estimated at this invocation's rate
             "seconds": round(per_step * steps, 1), "resumed_at_step": first_step or None,
             "final_losses": final_losses(run_dir),
+            # the decoder stage ships no config of its own (vae.yaml is the architecture): --reuse-shipped checks this
+            **({"config": OmegaConf.to_container(cfg, resolve=True)} if name == "decoder" else {}),
         })
 
     def stage_scale(self) -> None:
@@ -322,12 +338,16 @@ class Recipe:
                 save_safetensors(half(state), shipped[name], metadata={"kind": "evaluator", "layout": "native"})
             else:
                 tmp = export / f".{name}.full.safetensors"
-                convert_file(self.ckpt(name), tmp, keep=["diffusers"] if name == "codiff" else None)
+                # the shipped VAE is the decoder stage's (same encoder, sharper decoder)
+                convert_file(self.ckpt("decoder" if name == "vae" else name), tmp, keep=["diffusers"] if name == "codiff" else None)
                 from safetensors.torch import load_file
 
-                save_safetensors(half(load_file(tmp)), shipped[name], metadata={"kind": {"vae": "vae", "codiff": "collaborative"}.get(name, "ldm"), "layout": "native"})
+                state = load_file(tmp)
+                if name == "vae":  # the decoder stage's discriminator is a training aid, not part of the model
+                    state = {k: v for k, v in state.items() if not k.startswith("loss.discriminator.")}
+                save_safetensors(half(state), shipped[name], metadata={"kind": {"vae": "vae", "codiff": "collaborative"}.get(name, "ldm"), "layout": "native"})
                 tmp.unlink()
-        records = {stage: self.record(stage) for stage in ("data", "scale", *MODELS, "accuracy", "usage")}
+        records = {stage: self.record(stage) for stage in ("data", "scale", *TRAINED, "accuracy", "usage")}
         sizes = {p.name: p.stat().st_size for p in sorted(export.glob("*.safetensors"))}
         summary = {"stages": records, "file_bytes": sizes, "total_mb": round(sum(sizes.values()) / 2**20, 2)}
         atomic_write_bytes(export / "recipe.json", json.dumps(summary, indent=1).encode())
@@ -362,14 +382,14 @@ def readme(summary: dict) -> str:
     """checkpoints/faceworld/README.md: how the files were made, from the recipe's own records."""
     st = summary["stages"]
     rows = []
-    for name in MODELS:
+    for name in TRAINED:
         r = st[name]
         losses = ", ".join(f"{k.removeprefix('train/')} {v:.4g}" for k, v in sorted(r["final_losses"].items())) or "-"
         rows.append(f"| `{name}` | configs/faceworld/{name}.yaml | {r['steps']} | {r['batch_size']} | {r['seconds'] / 60:.1f} | {r['seconds_per_step']:.2f} | {losses} |")
     acc = st["accuracy"]
     first = st["vae"]
     where = "GPU" if first.get("accelerator") == "gpu" else f"CPU with {first.get('threads', 2)} torch threads"
-    train_minutes = sum(st[s]["seconds"] for s in ("data", *MODELS)) / 60
+    train_minutes = sum(st[s]["seconds"] for s in ("data", *TRAINED)) / 60
     usage = st["usage"]
     usage_rows = "\n".join(
         f"| {name} | [{r['t_lo']}, {r['t_hi']}) | {r['true']:.4f} | {r['mismatched']:.4f} | {r['gain']:+.1%} |"
@@ -386,8 +406,8 @@ def readme(summary: dict) -> str:
 Made by one command, `make train-faceworld` (= `python scripts/train_faceworld.py --work outputs/faceworld_train
 --export checkpoints/faceworld`, stages in `ldm/faceworld_recipe.py`), on the {where} and fixed
 seeds: FaceWorld ({st['data']['num']:,} samples at 64x64, seed {st['data'].get('seed', 0)}, the last tenth is the test
-split) -> face parser and attribute classifier (and their accuracy) -> VAE -> scale_factor -> text and mask
-experts -> dynamic diffusers.
+split) -> face parser and attribute classifier (and their accuracy) -> VAE -> its decoder against a PatchGAN
+(encoder frozen; `vae.safetensors` is this stage's VAE) -> scale_factor -> text and mask experts -> dynamic diffusers.
 Re-running skips finished stages (an interrupted stage resumes from its last checkpoint) and re-exports.
 
 Weights are float16 safetensors (half the size; the modules load them as float32), each with its resolved config,
@@ -455,7 +475,7 @@ python scripts/evaluate.py ...                               # the evaluation ta
 
 def reused_note(stages: dict) -> str:
     """A README sentence naming the stages taken from earlier shipped files (``--reuse-shipped``), if any."""
-    reused = [name for name in MODELS if stages[name].get("reused_from")]
+    reused = [name for name in TRAINED if stages[name].get("reused_from")]
     if not reused:
         return ""
     return (f"\n`{'`, `'.join(reused)}` were not trained by this invocation: `--reuse-shipped` took them from the files an "

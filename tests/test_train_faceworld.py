@@ -41,6 +41,16 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     for name in ("vae", "text", "mask", "codiff", "parser", "classifier"):
         assert (export / f"{name}.yaml").is_file() and (export / f"{name}.safetensors").is_file()
         assert (work / "runs" / name / "done.json").is_file()
+    # the shipped VAE is the decoder stage's: the VAE stage's encoder, the decoder trained further against a PatchGAN
+    vae_stage = pretrained("configs/faceworld/vae.yaml", "vae", str(work / "runs" / "vae" / "checkpoints" / "last.ckpt"))
+    decoder_stage = pretrained("configs/faceworld/vae.yaml", "vae", str(work / "runs" / "decoder" / "checkpoints" / "last.ckpt"))
+    shipped_vae = load_file(export / "vae.safetensors")
+    assert not any(k.startswith("loss.discriminator.") for k in shipped_vae)  # a training aid, not shipped
+    for key, value in decoder_stage.state_dict().items():
+        assert torch.equal(shipped_vae[f"vae.{key}"], value.half()), key
+        same = torch.equal(value, vae_stage.state_dict()[key])
+        assert same == key.startswith(("encoder.", "quant_conv.")), key  # encoder frozen, decoder trained
+    assert "discriminator" in json.loads((work / "runs" / "decoder" / "done.json").read_text())["config"]["model"]["params"]["loss"]["params"]
     codiff = load_file(export / "codiff.safetensors")
     assert {k.split(".", 1)[0] for k in codiff} == {"diffusers"}  # partial: the experts are not stored twice
     assert all(v.dtype == torch.float16 for v in codiff.values())
@@ -102,6 +112,14 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     assert "mask (built on vae)" in capsys.readouterr().err and not (work2 / "runs").exists()
     assert _script().main(args2 + ["--reuse-shipped", "codiff"]) == 2
     assert "only vae, text, mask, parser, classifier can be reused" in capsys.readouterr().err
+    recipe_file = export2 / "recipe.json"
+    good_recipe = recipe_file.read_text()
+    summary2 = json.loads(good_recipe)
+    summary2["stages"]["decoder"]["config"]["train"]["max_steps"] = 5  # the decoder stage of another config: refused
+    recipe_file.write_text(json.dumps(summary2))
+    assert _script().main(args2 + ["--reuse-shipped", "vae,mask,parser,classifier"]) == 2
+    assert "decoder stage was trained with another config" in capsys.readouterr().err and not (work2 / "runs").exists()
+    recipe_file.write_text(good_recipe)
     stale = export2 / "mask.yaml"
     good = stale.read_text()
     assert "max_steps: 2\n" in good
@@ -114,8 +132,10 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
         assert json.loads((work2 / "runs" / name / "done.json").read_text())["reused_from"] == str(export2 / f"{name}.safetensors")
         shipped, again = load_file(export / f"{name}.safetensors"), load_file(export2 / f"{name}.safetensors")
         assert shipped.keys() == again.keys() and all(torch.equal(shipped[k], again[k]) for k in shipped)
+    # the shipped VAE is the decoder stage's output, so reusing it reuses that stage too (not a second GAN phase)
+    assert json.loads((work2 / "runs" / "decoder" / "done.json").read_text())["reused_from"] == str(export2 / "vae.safetensors")
     assert "reused_from" not in json.loads((work2 / "runs" / "text" / "done.json").read_text())  # trained here
     assert (work2 / "runs" / "text" / "logs").is_dir() and not (work2 / "runs" / "vae" / "logs").exists()
     assert _script().main(args2 + ["--reuse-shipped", "vae"]) == 2  # never overwrites a run folder
     assert "would overwrite" in capsys.readouterr().err
-    assert "`vae`, `mask`, `parser`, `classifier` were not trained by this invocation" in (export2 / "README.md").read_text()
+    assert "`vae`, `decoder`, `mask`, `parser`, `classifier` were not trained by this invocation" in (export2 / "README.md").read_text()
