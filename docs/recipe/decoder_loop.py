@@ -24,7 +24,8 @@ from ldm.modules.vae_loss import VAELoss
 
 p = argparse.ArgumentParser()
 p.add_argument("--config", default="configs/faceworld/vae.yaml")
-p.add_argument("--ckpt", default="checkpoints/faceworld/vae.safetensors")
+p.add_argument("--ckpt", default="outputs/faceworld_train/runs/vae/checkpoints/last.ckpt",
+               help="the VAE stage's checkpoint (the shipped vae.safetensors already has the decoder stage)")
 p.add_argument("--root", default="outputs/faceworld_train/faceworld")
 p.add_argument("--evaldir", default="checkpoints/faceworld")
 p.add_argument("--steps", type=int, default=1500); p.add_argument("--bs", type=int, default=16)
