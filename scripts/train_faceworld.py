@@ -2,8 +2,8 @@
 
 Stages: FaceWorld (64x64) -> face parser and attribute classifier (and their accuracy on the test split)
 -> VAE -> its decoder against a PatchGAN (encoder frozen) -> scale_factor -> text and mask experts -> dynamic
-diffusers -> export to checkpoints/faceworld/ as float16 safetensors with resolved configs. Finished stages are skipped on a re-run; an interrupted one
-resumes from its last checkpoint. Sizes and step counts are in configs/faceworld/*.yaml.
+diffusers -> export to checkpoints/faceworld/ as float16 safetensors with resolved configs. Finished stages are
+skipped on a re-run; an interrupted one resumes from its last checkpoint. Sizes and step counts are in configs/faceworld/*.yaml.
 
 Examples:
   python scripts/train_faceworld.py                                   # the full recipe (about 2.5 hours, 2 CPU cores)

@@ -16,15 +16,14 @@ Example (200 pairs, about 1 minute a variant on 2 CPU cores):
 """
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from ldm.diffusion.collaborative import PAPER, CollaborativeOptions
 from ldm.data.faceworld import load_labels
-from ldm.evaluation import evaluators
-from ldm.evaluation.generation import batch_of, test_pairs
+from ldm.diffusion.collaborative import PAPER, CollaborativeOptions
+from ldm.evaluation import evaluators, report
+from ldm.evaluation.generation import Evaluators, batch_of, test_pairs
 from ldm.pipeline import load_model, sample
 from ldm.seeding import batch_seed
 
@@ -47,10 +46,8 @@ def variant_arguments(spec: str) -> dict:
     raise SystemExit(f"unknown variant {spec!r}; use paper, official, boost_text=B, boost_mask=B or constant=W")
 
 
-def paired(rows: dict, reference: dict, key: str) -> str:
-    d = [rows[i][key] - reference[i][key] for i in rows]
-    mean = sum(d) / len(d)
-    half = 1.96 * math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d))
+def paired(records: list[dict], spec: str, reference: str, key: str) -> str:
+    mean, half = report.paired_difference(records, spec, reference, key)
     return f"{100 * mean:+.1f} ± {100 * half:.1f}"
 
 
@@ -68,35 +65,33 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     torch.set_grad_enabled(False)
+    variants = {spec: variant_arguments(spec) for spec in a.variants.split(",")}  # a bad one fails before any work
 
-    rows = json.loads((a.reference / "records.json").read_text())
-    reference = {m: {r["index"]: r for r in rows if r["method"] == m and r["index"] < a.num} for m in ("mask", "text")}
+    reference = [r for r in json.loads((a.reference / "records.json").read_text())
+                 if r["method"] in ("mask", "text") and r["index"] < a.num]
     model = load_model(a.config, a.ckpt, "cpu")
     dataset = test_pairs(a.data, None, a.num)
     labels = load_labels(a.data)
-    parser = evaluators.load_evaluator(evaluators.DEFAULT_DIR / "parser.safetensors", "parser", "cpu")
-    classifier = evaluators.load_evaluator(evaluators.DEFAULT_DIR / "classifier.safetensors", "classifier", "cpu")
+    scorer = Evaluators(True, "cpu")  # the FaceWorld parser and classifier of checkpoints/faceworld/
     a.out.mkdir(parents=True, exist_ok=True)
 
     lines = ["| weighting | mask acc | text acc | joint acc | age | beard | vs mask-only, mask acc | vs text-only, text acc |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for spec in a.variants.split(","):
-        kwargs = variant_arguments(spec)
-        scores: dict[int, dict] = {}
+    for spec, kwargs in variants.items():
+        records: list[dict] = []
         for unit, start in enumerate(range(0, a.num, a.batch_size)):
             indices = range(start, min(start + a.batch_size, a.num))
             batch = batch_of(dataset, indices)
             generator = torch.Generator().manual_seed(batch_seed(a.seed, unit))
             images = sample(model, {"seg_mask": batch["seg_mask"], "text": batch["text"]}, steps=a.steps, eta=1.0,
                             generator=generator, **kwargs).images
-            m = evaluators.measure(parser, classifier, images, batch["seg_mask"], evaluators.label_tensors(labels, batch["name"]))
-            for j, i in enumerate(indices):
-                scores[i] = {"mask_accuracy": float(m.mask_accuracy[j]), "text_accuracy": float(m.text_accuracy[j]),
-                             "joint_accuracy": float(m.joint_accuracy[j]), **{k: float(c[j]) for k, c in m.correct.items()}}
-        (a.out / f"{spec}.json").write_text(json.dumps(scores))
-        mean = {k: 100 * sum(s[k] for s in scores.values()) / len(scores) for k in SCORES}
-        line = (f"| {spec} | " + " | ".join(f"{mean[k]:.1f}%" for k in SCORES)
-                + f" | {paired(scores, reference['mask'], 'mask_accuracy')} | {paired(scores, reference['text'], 'text_accuracy')} |")
+            rows, _ = scorer.score(images, batch, evaluators.label_tensors(labels, batch["name"]))
+            records += [{"index": i, "method": spec, **r} for i, r in zip(indices, rows)]
+        (a.out / f"{spec}.json").write_text(json.dumps(records))
+        mean = report.average_records(records, [spec])[spec]
+        line = (f"| {spec} | " + " | ".join(f"{100 * mean[k]:.1f}%" for k in SCORES)
+                + f" | {paired(records + reference, spec, 'mask', 'mask_accuracy')}"
+                + f" | {paired(records + reference, spec, 'text', 'text_accuracy')} |")
         lines.append(line)
         print(line, flush=True)
     (a.out / "table.md").write_text("\n".join(lines) + "\n")
