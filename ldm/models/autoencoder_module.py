@@ -24,6 +24,7 @@ from torch import Tensor
 from ldm import seeding
 from ldm.errors import ConfigError
 from ldm.models.common import AdamOptions
+from ldm.models.regenerated_latents import RegeneratedLatents
 from ldm.modules.autoencoder import AutoencoderKL
 from ldm.modules.vae_loss import VAELoss
 
@@ -40,6 +41,7 @@ class AutoencoderModule(AdamOptions, pl.LightningModule):
         learn_logvar: bool = False,
         train_crop: Optional[int] = None,
         train_decoder_only: bool = False,
+        regenerate: Optional[RegeneratedLatents] = None,
     ):
         """``learn_logvar``: the released optimiser leaves ``loss.logvar`` out (it stays at its initial
         0 and exists for the checkpoint layout); ``true`` trains it with the autoencoder.
@@ -52,7 +54,12 @@ class AutoencoderModule(AdamOptions, pl.LightningModule):
         ``train_decoder_only``: ``false`` (released) trains the whole autoencoder; ``true`` freezes the encoder
         and ``quant_conv`` (weights and mode) and trains ``post_quant_conv``, the decoder (and the discriminator):
         the latents stay exactly those of the ``vae`` given (e.g. a trained VAE loaded through a pretrained node),
-        so every diffusion model trained on them stays valid while the decoder learns to render them better."""
+        so every diffusion model trained on them stays valid while the decoder learns to render them better.
+
+        ``regenerate``: ``null`` (released) decodes posterior samples; a :class:`RegeneratedLatents` replaces a
+        share of each batch's posterior samples by latents a frozen diffusion model re-drew from them (SDEdit), so
+        that the decoder learns to render the sampler's latents; it needs ``train_decoder_only`` (the latents must
+        stay those the diffusion model was trained on) and the batch keys its methods condition on."""
         super().__init__()
         self.vae = vae
         self.loss = loss
@@ -64,6 +71,12 @@ class AutoencoderModule(AdamOptions, pl.LightningModule):
             raise ConfigError(f"AutoencoderModule: train_crop must be at least 8 pixels (or null), got {train_crop}")
         self.train_crop = train_crop
         self.train_decoder_only = train_decoder_only
+        if regenerate is not None and not train_decoder_only:
+            raise ConfigError("AutoencoderModule: regenerate trains the decoder on a diffusion model's latents, which "
+                              "must stay the encoder's; set train_decoder_only: true")
+        if regenerate is not None and train_crop is not None:
+            raise ConfigError("AutoencoderModule: regenerate re-draws whole latents under whole masks; set train_crop: null")
+        self.regenerate = regenerate  # not an nn.Module: its frozen model is neither trained nor saved here
         if train_decoder_only:
             for module in self.encoder_modules():
                 module.requires_grad_(False)
@@ -106,7 +119,12 @@ class AutoencoderModule(AdamOptions, pl.LightningModule):
         generator = self.posterior_generator(x.device, self.next_micro_batch())
         if self.train_crop is not None:
             x = random_window(x, self.train_crop, generator)  # [B, 3, S, S]
-        recon, posterior = self.vae(x, sample_posterior=True, generator=generator)
+        if self.regenerate is None:
+            recon, posterior = self.vae(x, sample_posterior=True, generator=generator)
+        else:
+            posterior = self.vae.encode(x)
+            z = self.regenerate(posterior.sample(generator), batch, generator, step)  # [B, C, h, w]
+            recon = self.vae.decode(z)
         loss, log = self.loss.generator_loss(x, recon, posterior, step, last_layer=self.vae.last_layer)
         if self.loss.discriminator is not None:
             d_loss, d_log = self.loss.discriminator_loss(x, recon, step)  # recon is detached inside
