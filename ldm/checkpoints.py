@@ -233,15 +233,20 @@ def pretrained(config: str, component: str, ckpt: Optional[str] = None, load_wei
 
     This is how a config names a pre-trained part: the frozen VAE of a latent diffusion model
     (``config: configs/256_vae.yaml, component: vae``), or the frozen experts of the collaborative model
-    (``config: configs/256_text.yaml, component: expert``). ``ckpt`` may be a released or native
+    (``config: configs/256_text.yaml, component: expert``). A dotted component is nested in its parent's params and
+    keeps its dotted prefix in the checkpoint (``component: loss.discriminator``: a VAE run's discriminator). ``ckpt`` may be a released or native
     checkpoint of that config (or of any model that holds the component, e.g. an LDM file for the VAE).
     With ``load_weights=False`` (summaries, or before loading a full checkpoint) no file is read.
     """
     cfg = load_config(config)
-    params = cfg.model.get("params") or {}
-    if component not in params:
-        raise ConfigError(f"{config} has no model.params.{component} to build a pre-trained {component} from")
-    module = instantiate(params[component], load_weights=load_weights)
+    node = cfg.model
+    for part in component.split("."):  # a dotted component is nested, e.g. loss.discriminator
+        params = node.get("params") or {}
+        if part not in params:
+            where = ".params.".join(component.split(".")[: component.split(".").index(part) + 1])
+            raise ConfigError(f"{config} has no model.params.{where} to build a pre-trained {component} from")
+        node = params[part]
+    module = instantiate(node, load_weights=load_weights)
     if not load_weights:
         return module
     if ckpt is None:

@@ -8,11 +8,14 @@ an interrupted training stage resumes from its last checkpoint):
                   split (first, so that an evaluator under the 95% bar shows up within minutes)
 3. ``vae``        configs/faceworld/vae.yaml
    ``decoder``    configs/faceworld/decoder.yaml: its decoder trained further against a PatchGAN, encoder frozen
-                  (the latents stay the VAE stage's; the shipped ``vae.safetensors`` is this stage's VAE)
+                  (the latents stay the VAE stage's)
 4. ``scale``      scale_factor = 1 / std of the VAE's posterior samples on training images (as LDM does);
                   passed as an override to the experts and the collaborative model
 5. ``text``, ``mask``   the two experts, over the frozen VAE
 6. ``codiff``     the dynamic diffusers, over the frozen experts
+   ``render``     configs/faceworld/render.yaml: the decoder stage's decoder trained further on latents the
+                  collaborative model re-drew from training images (the sampler's latents), its reconstructions
+                  anchored; the shipped ``vae.safetensors`` is this stage's VAE
 7. ``usage``      how much each expert uses its condition (ε-MSE with true vs. mismatched conditions)
 8. ``export``     ``<export>/{vae,text,mask,codiff,parser,classifier}.safetensors`` (float16; loaded into
                   float32 modules) with the resolved ``<name>.yaml`` beside each, whose pretrained nodes
@@ -48,10 +51,12 @@ logger = logging.getLogger(__name__)
 
 CONFIGS = Path("configs/faceworld")
 MODELS = ("vae", "text", "mask", "codiff", "parser", "classifier")  # the shipped files
-TRAINED = ("vae", "decoder", "text", "mask", "codiff", "parser", "classifier")  # the training stages
+TRAINED = ("vae", "decoder", "text", "mask", "codiff", "render", "parser", "classifier")  # the training stages
+VAE_STAGES = ("decoder", "render")  # the stages after the VAE stage that train its decoder (the shipped VAE is render's)
 RESOLUTION = 64
 # what each trained stage is built on: a stage finished before one of these was (re)trained is stale
-BUILT_ON = {"scale": ("vae",), "decoder": ("vae",), "text": ("vae", "scale"), "mask": ("vae", "scale"), "codiff": ("vae", "scale", "text", "mask"),
+# (render reads the collaborative model only to draw its training latents: it is part of the VAE, reused with it)
+BUILT_ON = {"scale": ("vae",), "decoder": ("vae",), "render": ("vae", "decoder"), "text": ("vae", "scale"), "mask": ("vae", "scale"), "codiff": ("vae", "scale", "text", "mask"),
             "usage": ("text", "mask")}
 # config entries that change how a stage runs, not what it trains: a finished stage is not stale when only these differ
 RUN_ONLY = ("train.cache_latents", "train.num_workers", "train.log_every_n_steps", "train.checkpoint_every_n_steps",
@@ -109,6 +114,11 @@ class Recipe:
         if name in ("text", "mask", "codiff"):
             scale = scale_factor if scale_factor is not None else self.record("scale")["scale_factor"]
             out.append(f"model.params.scale_factor={scale}")
+        if name == "render":  # the decoder stage's VAE and discriminator, this run's collaborative model
+            decoder, codiff = self.ckpt("decoder"), self.runs / "codiff" / "checkpoints"
+            out += [f"model.params.vae.params.ckpt={decoder}", f"model.params.loss.params.discriminator.params.ckpt={decoder}",
+                    f"model.params.regenerate.params.model.params.config={codiff / 'config.yaml'}",
+                    f"model.params.regenerate.params.model.params.ckpt={codiff / 'last.ckpt'}"]
         return out + pretrained_overrides(name, {n: self.ckpt(n) for n in ("vae", "text", "mask")})
 
     # ---- reusing shipped stages ---------------------------------------------------------------------------
@@ -116,8 +126,8 @@ class Recipe:
         """Rebuild the run directories of finished ``stages`` from the shipped files in ``export`` (weights, resolved
         configs and ``recipe.json``), so that a re-run trains only the others: e.g. ``vae, mask, parser,
         classifier`` retrains the text expert and the dynamic diffusers on the shipped VAE. Reusing the VAE reuses
-        its scale factor and its decoder stage (the shipped VAE is that stage's), and the parser with the classifier
-        their accuracy record. A reused model is the float16
+        its scale factor and its decoder and render stages (the shipped VAE is the render stage's), and the parser
+        with the classifier their accuracy record. A reused model is the float16
         shipped weights as float32, so a stage trained over it differs from a from-scratch run by that rounding.
         Returns the stages rebuilt. Raises UserError before writing anything when a stage cannot be reused."""
         stages = list(dict.fromkeys(stages))
@@ -136,7 +146,7 @@ class Recipe:
         if missing_deps:
             raise UserError(f"--reuse-shipped: {', '.join(missing_deps)}: a reused model must sit on the same "
                             "models it was trained on; reuse those too")
-        extra = (["decoder", "scale"] if "vae" in stages else []) + (["accuracy"] if {"parser", "classifier"} <= set(stages) else [])
+        extra = (["decoder", "render", "scale"] if "vae" in stages else []) + (["accuracy"] if {"parser", "classifier"} <= set(stages) else [])
         there = [str(self.runs / s) for s in (*stages, *extra) if (self.runs / s).exists()]
         if there:
             raise UserError(f"--reuse-shipped would overwrite {', '.join(there)}; move them aside first "
@@ -158,18 +168,19 @@ class Recipe:
                 raise UserError(f"--reuse-shipped {s}: {self.o.export / f'{s}.yaml'} was trained with another config than "
                                 f"configs/faceworld/{s}.yaml gives now ({'; '.join(changed)}); train it instead")
             configs[s] = cfg
-        if "vae" in stages:  # the decoder stage's training config is kept in its record (it ships no file of its own)
-            cfg = load_config(CONFIGS / "decoder.yaml", self.overrides("decoder"))
-            changed = [c for c in config_changes(OmegaConf.create(records["decoder"].get("config", {})), cfg)
-                       if not c.startswith(("data.", "model.params.vae.params."))]
+        for s in (VAE_STAGES if "vae" in stages else ()):  # their training configs are kept in their records
+            cfg = load_config(CONFIGS / f"{s}.yaml", self.overrides(s))
+            changed = [c for c in config_changes(OmegaConf.create(records[s].get("config", {})), cfg)
+                       if not c.startswith(("data.", "model.params.vae.params.", "model.params.loss.params.discriminator.params.",
+                                            "model.params.regenerate.params.model.params."))]
             if changed:
-                raise UserError(f"--reuse-shipped vae: the shipped VAE's decoder stage was trained with another config than "
-                                f"configs/faceworld/decoder.yaml gives now ({'; '.join(changed)}); train it instead")
-            configs["decoder"] = cfg
+                raise UserError(f"--reuse-shipped vae: the shipped VAE's {s} stage was trained with another config than "
+                                f"configs/faceworld/{s}.yaml gives now ({'; '.join(changed)}); train it instead")
+            configs[s] = cfg
         # in the recipe's order, so that every record is newer than the records it is built on
-        order = ("parser", "classifier", "accuracy", "vae", "decoder", "scale", "text", "mask")
+        order = ("parser", "classifier", "accuracy", "vae", "decoder", "render", "scale", "text", "mask")
         for s in (x for x in order if x in (*stages, *extra)):
-            shipped = self.o.export / f"{'vae' if s == 'decoder' else s}.safetensors"
+            shipped = self.o.export / f"{'vae' if s in VAE_STAGES else s}.safetensors"
             if s in TRAINED:
                 from safetensors.torch import load_file
 
@@ -193,7 +204,7 @@ class Recipe:
         self.stage_train("vae")
         self.stage_train("decoder")
         self.stage_scale()
-        for name in ("text", "mask", "codiff"):
+        for name in ("text", "mask", "codiff", "render"):
             self.stage_train(name)
         self.stage_usage()
         summary = self.stage_export()
@@ -259,8 +270,9 @@ class Recipe:
             # an interrupted stage resumed at first_step: its time is estimated at this invocation's rate
             "seconds": round(per_step * steps, 1), "resumed_at_step": first_step or None,
             "final_losses": final_losses(run_dir),
-            # the decoder stage ships no config of its own (vae.yaml is the architecture): --reuse-shipped checks this
-            **({"config": OmegaConf.to_container(cfg, resolve=True)} if name == "decoder" else {}),
+            # the decoder and render stages ship no config of their own (vae.yaml is the architecture): --reuse-shipped
+            # checks these
+            **({"config": OmegaConf.to_container(cfg, resolve=True)} if name in VAE_STAGES else {}),
         })
 
     def stage_scale(self) -> None:
@@ -338,12 +350,12 @@ class Recipe:
                 save_safetensors(half(state), shipped[name], metadata={"kind": "evaluator", "layout": "native"})
             else:
                 tmp = export / f".{name}.full.safetensors"
-                # the shipped VAE is the decoder stage's (same encoder, sharper decoder)
-                convert_file(self.ckpt("decoder" if name == "vae" else name), tmp, keep=["diffusers"] if name == "codiff" else None)
+                # the shipped VAE is the render stage's (same encoder, the decoder of the decoder and render stages)
+                convert_file(self.ckpt("render" if name == "vae" else name), tmp, keep=["diffusers"] if name == "codiff" else None)
                 from safetensors.torch import load_file
 
                 state = load_file(tmp)
-                if name == "vae":  # the decoder stage's discriminator is a training aid, not part of the model
+                if name == "vae":  # the discriminator is a training aid, not part of the model
                     state = {k: v for k, v in state.items() if not k.startswith("loss.discriminator.")}
                 save_safetensors(half(state), shipped[name], metadata={"kind": {"vae": "vae", "codiff": "collaborative"}.get(name, "ldm"), "layout": "native"})
                 tmp.unlink()
@@ -407,7 +419,8 @@ Made by one command, `make train-faceworld` (= `python scripts/train_faceworld.p
 --export checkpoints/faceworld`, stages in `ldm/faceworld_recipe.py`), on the {where} and fixed
 seeds: FaceWorld ({st['data']['num']:,} samples at 64x64, seed {st['data'].get('seed', 0)}, the last tenth is the test
 split) -> face parser and attribute classifier (and their accuracy) -> VAE -> its decoder against a PatchGAN
-(encoder frozen; `vae.safetensors` is this stage's VAE) -> scale_factor -> text and mask experts -> dynamic diffusers.
+(encoder frozen) -> scale_factor -> text and mask experts -> dynamic diffusers -> the decoder trained further on latents
+the collaborative model re-drew from training images (`render`; `vae.safetensors` is this stage's VAE).
 Re-running skips finished stages (an interrupted stage resumes from its last checkpoint) and re-exports.
 
 Weights are float16 safetensors (half the size; the modules load them as float32), each with its resolved config,

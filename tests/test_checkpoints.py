@@ -504,3 +504,19 @@ def test_pretrained_overrides_wire_the_chain():
         "model.params.experts.text.params.config=t.yaml", "model.params.experts.text.params.ckpt=T.ckpt",
         "model.params.experts.seg_mask.params.config=m.yaml", "model.params.experts.seg_mask.params.ckpt=M.ckpt",
     ]
+
+
+def test_pretrained_builds_a_nested_component(tmp_path):
+    """``component: loss.discriminator``: a VAE run's discriminator from its checkpoint (the FaceWorld render stage)."""
+    from ldm.checkpoints import pretrained
+    from ldm.config import instantiate, load_config
+    from ldm.errors import ConfigError
+
+    cfg = load_config("configs/faceworld/decoder.yaml")
+    disc = instantiate(cfg.model.params.loss.params.discriminator)
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": {f"loss.discriminator.{k}": v for k, v in disc.state_dict().items()}}, path)
+    loaded = pretrained("configs/faceworld/decoder.yaml", "loss.discriminator", str(path))
+    assert_same_tensors(loaded.state_dict(), disc.state_dict())
+    with pytest.raises(ConfigError, match=r"no model\.params\.loss\.params\.generator"):
+        pretrained("configs/faceworld/decoder.yaml", "loss.generator", str(path))

@@ -128,3 +128,46 @@ def test_decoder_stage_without_the_condition_keys_names_them(tiny_chain, tmp_pat
     config = decoder_config(tiny_chain, tmp_path, **{"data.train.params.keys": ["image"]})
     assert train(tiny_chain, config, tmp_path / "run") == 2
     assert "needs batch keys ['seg_mask', 'text']" in capsys.readouterr().err
+
+
+def test_anchored_adversarial_stage_trains_and_keeps_the_given_decoder_out_of_the_state(tiny_chain, tmp_path):
+    """regenerate.anchor: the posterior rows' target is the decoder as given (a frozen copy, not in the checkpoint);
+    adversarial_rows_only: the discriminator judges only the re-drawn rows."""
+    from ldm.config import instantiate, load_config
+
+    config = decoder_config(tiny_chain, tmp_path, **{"model.params.regenerate.params.anchor": True,
+                                                     "model.params.regenerate.params.adversarial_rows_only": True})
+    module = instantiate(load_config(config).model)
+    z = torch.randn(2, *module.vae.latent_shape)
+    given = module.vae.decode(z).detach()
+    with torch.no_grad():
+        module.vae.decoder.conv_out.weight.add_(1.0)  # as if trained
+    assert torch.equal(module.anchor(z), given) and not torch.equal(module.vae.decode(z), given)
+    assert not any(k.startswith("anchor") for k in module.state_dict())
+    assert train(tiny_chain, config, tmp_path / "run") == 0
+    trained = load_state_dict(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert not any(k.startswith(("anchor", "regenerate")) for k in trained)
+    assert not torch.equal(trained["vae.decoder.conv_out.weight"], load_state_dict(tiny_chain["ckpt"]["vae"])["vae.decoder.conv_out.weight"])
+
+
+def test_gan_terms_judge_only_the_adversarial_rows():
+    from ldm.modules.discriminator import NLayerDiscriminator
+    from ldm.modules.vae_loss import VAELoss
+
+    torch.manual_seed(0)
+    loss = VAELoss(perceptual=None, discriminator=NLayerDiscriminator(input_nc=3, ndf=8, n_layers=1), disc_start=0,
+                   perceptual_weight=0.0, kl_weight=0.0)
+    x, recon = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+
+    class Posterior:
+        def kl(self):
+            return torch.zeros(4)
+
+    _, first_two = loss.generator_loss(x, recon, Posterior(), 0, adversarial_rows=2)
+    _, all_rows = loss.generator_loss(x, recon, Posterior(), 0)
+    _, only_two = loss.generator_loss(x[:2], recon[:2], Posterior(), 0)
+    assert torch.equal(first_two["g_loss"], only_two["g_loss"]) and not torch.equal(first_two["g_loss"], all_rows["g_loss"])
+    assert torch.equal(first_two["nll_loss"], all_rows["nll_loss"])  # the pixel loss still covers every row
+    _, d_two = loss.discriminator_loss(x, recon, 0, adversarial_rows=2)
+    assert torch.equal(d_two["logits_fake"], loss.discriminator(recon[:2]).mean())
+    assert torch.equal(d_two["logits_real"], loss.discriminator(x).mean())

@@ -41,16 +41,22 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     for name in ("vae", "text", "mask", "codiff", "parser", "classifier"):
         assert (export / f"{name}.yaml").is_file() and (export / f"{name}.safetensors").is_file()
         assert (work / "runs" / name / "done.json").is_file()
-    # the shipped VAE is the decoder stage's: the VAE stage's encoder, the decoder trained further against a PatchGAN
-    vae_stage = pretrained("configs/faceworld/vae.yaml", "vae", str(work / "runs" / "vae" / "checkpoints" / "last.ckpt"))
-    decoder_stage = pretrained("configs/faceworld/vae.yaml", "vae", str(work / "runs" / "decoder" / "checkpoints" / "last.ckpt"))
+    # the shipped VAE is the render stage's: the VAE stage's encoder, the decoder trained further against a PatchGAN
+    # (decoder stage), then on latents this run's collaborative model re-drew from training images (render stage)
+    vae_stage, decoder_stage, render_stage = (
+        pretrained("configs/faceworld/vae.yaml", "vae", str(work / "runs" / s / "checkpoints" / "last.ckpt")).state_dict()
+        for s in ("vae", "decoder", "render"))
     shipped_vae = load_file(export / "vae.safetensors")
     assert not any(k.startswith("loss.discriminator.") for k in shipped_vae)  # a training aid, not shipped
-    for key, value in decoder_stage.state_dict().items():
+    for key, value in render_stage.items():
         assert torch.equal(shipped_vae[f"vae.{key}"], value.half()), key
-        same = torch.equal(value, vae_stage.state_dict()[key])
-        assert same == key.startswith(("encoder.", "quant_conv.")), key  # encoder frozen, decoder trained
-    assert "discriminator" in json.loads((work / "runs" / "decoder" / "done.json").read_text())["config"]["model"]["params"]["loss"]["params"]
+        for earlier in (vae_stage, decoder_stage):
+            same = torch.equal(value, earlier[key])
+            assert same == key.startswith(("encoder.", "quant_conv.")), key  # encoder frozen, decoder trained
+    records = {s: json.loads((work / "runs" / s / "done.json").read_text()) for s in ("decoder", "render")}
+    assert "discriminator" in records["decoder"]["config"]["model"]["params"]["loss"]["params"]
+    regenerate = records["render"]["config"]["model"]["params"]["regenerate"]["params"]["model"]["params"]
+    assert regenerate["ckpt"] == str(work / "runs" / "codiff" / "checkpoints" / "last.ckpt")  # this run's diffusers
     codiff = load_file(export / "codiff.safetensors")
     assert {k.split(".", 1)[0] for k in codiff} == {"diffusers"}  # partial: the experts are not stored twice
     assert all(v.dtype == torch.float16 for v in codiff.values())
@@ -132,10 +138,11 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
         assert json.loads((work2 / "runs" / name / "done.json").read_text())["reused_from"] == str(export2 / f"{name}.safetensors")
         shipped, again = load_file(export / f"{name}.safetensors"), load_file(export2 / f"{name}.safetensors")
         assert shipped.keys() == again.keys() and all(torch.equal(shipped[k], again[k]) for k in shipped)
-    # the shipped VAE is the decoder stage's output, so reusing it reuses that stage too (not a second GAN phase)
-    assert json.loads((work2 / "runs" / "decoder" / "done.json").read_text())["reused_from"] == str(export2 / "vae.safetensors")
+    # the shipped VAE is the render stage's output, so reusing it reuses the decoder and render stages too
+    for stage in ("decoder", "render"):
+        assert json.loads((work2 / "runs" / stage / "done.json").read_text())["reused_from"] == str(export2 / "vae.safetensors")
     assert "reused_from" not in json.loads((work2 / "runs" / "text" / "done.json").read_text())  # trained here
     assert (work2 / "runs" / "text" / "logs").is_dir() and not (work2 / "runs" / "vae" / "logs").exists()
     assert _script().main(args2 + ["--reuse-shipped", "vae"]) == 2  # never overwrites a run folder
     assert "would overwrite" in capsys.readouterr().err
-    assert "`vae`, `decoder`, `mask`, `parser`, `classifier` were not trained by this invocation" in (export2 / "README.md").read_text()
+    assert "`vae`, `decoder`, `mask`, `render`, `parser`, `classifier` were not trained by this invocation" in (export2 / "README.md").read_text()

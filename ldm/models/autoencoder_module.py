@@ -15,6 +15,7 @@ DDP work as for the other models.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 import pytorch_lightning as pl
@@ -77,6 +78,10 @@ class AutoencoderModule(AdamOptions, pl.LightningModule):
         if regenerate is not None and train_crop is not None:
             raise ConfigError("AutoencoderModule: regenerate re-draws whole latents under whole masks; set train_crop: null")
         self.regenerate = regenerate  # not an nn.Module: its frozen model is neither trained nor saved here
+        # regenerate.anchor: the decoder as given, frozen, renders the posterior rows' targets (kept out of the
+        # module's state like the frozen diffusion model: made before a resumed checkpoint is loaded, so it is
+        # always the given decoder)
+        self.anchor = FrozenDecoder(vae) if regenerate is not None and regenerate.anchor else None
         if train_decoder_only:
             for module in self.encoder_modules():
                 module.requires_grad_(False)
@@ -119,15 +124,22 @@ class AutoencoderModule(AdamOptions, pl.LightningModule):
         generator = self.posterior_generator(x.device, self.next_micro_batch())
         if self.train_crop is not None:
             x = random_window(x, self.train_crop, generator)  # [B, 3, S, S]
+        target, rows = x, None  # the pixel loss's target; the rows the GAN term judges (None: all)
         if self.regenerate is None:
             recon, posterior = self.vae(x, sample_posterior=True, generator=generator)
         else:
             posterior = self.vae.encode(x)
             z = self.regenerate(posterior.sample(generator), batch, generator, step)  # [B, C, h, w]
             recon = self.vae.decode(z)
-        loss, log = self.loss.generator_loss(x, recon, posterior, step, last_layer=self.vae.last_layer)
+            if self.regenerate.active(step):
+                count = self.regenerate.count(x.shape[0])  # the first rows are re-drawn
+                if self.regenerate.adversarial_rows_only:
+                    rows = count
+                if self.anchor is not None:
+                    target = torch.cat([x[:count], self.anchor(z[count:])])
+        loss, log = self.loss.generator_loss(target, recon, posterior, step, last_layer=self.vae.last_layer, adversarial_rows=rows)
         if self.loss.discriminator is not None:
-            d_loss, d_log = self.loss.discriminator_loss(x, recon, step)  # recon is detached inside
+            d_loss, d_log = self.loss.discriminator_loss(x, recon, step, adversarial_rows=rows)  # recon is detached inside
             loss = loss + d_loss
             log.update(d_log)
         self.log("train/total_loss", log.pop("total_loss"), prog_bar=True, batch_size=x.shape[0])
@@ -160,3 +172,16 @@ def random_window(images: Tensor, size: int, generator: torch.Generator) -> Tens
     top = int(torch.randint(0, height - size + 1, (), generator=generator, device=generator.device))
     left = int(torch.randint(0, width - size + 1, (), generator=generator, device=generator.device))
     return images[..., top : top + size, left : left + size]
+
+
+class FrozenDecoder:
+    """A frozen copy of a VAE's decoder (with ``post_quant_conv``), outside any module's state: ``z -> image``."""
+
+    def __init__(self, vae: AutoencoderKL):
+        self.vae = copy.deepcopy(vae).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, z: Tensor) -> Tensor:
+        if next(self.vae.parameters()).device != z.device:
+            self.vae.to(z.device)
+        return self.vae.decode(z)

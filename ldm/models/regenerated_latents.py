@@ -40,6 +40,8 @@ class RegeneratedLatents:
         steps: int = 20,
         methods: list[str] = ["collaborative", "mask", "text"],  # noqa: B006
         start_step: int = 0,
+        adversarial_rows_only: bool = False,
+        anchor: bool = False,
     ):
         """``model``: a frozen latent or collaborative diffusion model (e.g. :func:`pretrained_model` of the
         collaborative run) with the experts the ``methods`` need; its ``scale_factor`` maps VAE latents to its own.
@@ -49,7 +51,13 @@ class RegeneratedLatents:
         ``steps``: DDIM steps over the whole range (eta 1, as the evaluation samples), so s x steps run.
         ``methods``: cycled over the training steps, one per batch (``collaborative``, ``composable``, ``mask``,
         ``text``), so the decoder sees every sampler's latents. ``start_step``: training steps before it decode
-        posterior latents only (the decoder first learns the encoder's latents against the discriminator)."""
+        posterior latents only (the decoder first learns the encoder's latents against the discriminator).
+
+        ``adversarial_rows_only``: the discriminator judges only the re-drawn rows (false: every row).
+        ``anchor``: the kept posterior rows' pixel target is not the image but the decoder *as given* rendering the
+        same latent, so the decoder keeps rendering the encoder's latents as it did (the reconstructions do not
+        drift) while it learns the sampler's; :class:`ldm.models.autoencoder_module.AutoencoderModule` keeps the
+        frozen copy. Together (recipe section 24): the samples sharpen and the VAE ceiling holds."""
         if not 0.0 < fraction <= 1.0:
             raise ConfigError(f"RegeneratedLatents: fraction must be in (0, 1], got {fraction}")
         low, high = (float(s) for s in strength)
@@ -74,6 +82,15 @@ class RegeneratedLatents:
         self.sampling = SamplerOptions("ddim", steps, None, 1.0)
         self.methods = list(methods)
         self.start_step = int(start_step)
+        self.adversarial_rows_only = bool(adversarial_rows_only)
+        self.anchor = bool(anchor)
+
+    def count(self, batch_size: int) -> int:
+        """How many rows of a batch are re-drawn (the first ones)."""
+        return max(1, round(self.fraction * batch_size))
+
+    def active(self, step: int) -> bool:
+        return step >= self.start_step
 
     def keys(self) -> list[str]:
         """The batch keys the methods condition on."""
@@ -87,11 +104,11 @@ class RegeneratedLatents:
         if absent:
             raise DataError(f"RegeneratedLatents ({', '.join(self.methods)}) needs batch keys {absent}; add them to the "
                             "training data's keys")
-        if step < self.start_step:
+        if not self.active(step):
             return z
         method = self.methods[step % len(self.methods)]
         keys = METHODS[method]
-        count = max(1, round(self.fraction * z.shape[0]))
+        count = self.count(z.shape[0])
         model = self.model
         if next(model.parameters()).device != z.device:
             model.to(z.device)

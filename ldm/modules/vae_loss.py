@@ -93,7 +93,10 @@ class VAELoss(nn.Module):
         posterior: DiagonalGaussian,
         global_step: int,
         last_layer: Optional[Tensor] = None,
+        adversarial_rows: Optional[int] = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """NLL (+ KL) of every row against ``inputs``, plus the adaptive-weighted GAN term of the first
+        ``adversarial_rows`` rows (default: all, as released)."""
         batch = inputs.shape[0]
         rec = self.reconstruction_loss(inputs, recon)
         nll = rec / torch.exp(self.logvar) + self.logvar
@@ -104,7 +107,7 @@ class VAELoss(nn.Module):
         zero = torch.zeros((), device=inputs.device)
         g_loss, d_weight, factor = zero, zero, self.gan_factor(global_step)
         if self.gan_active(global_step):
-            g_loss = -self.critic(recon).mean()
+            g_loss = -self.critic(recon[:adversarial_rows]).mean()
             # The adaptive weight needs gradients; in evaluation (no graph) it is 0, as released.
             if last_layer is not None and torch.is_grad_enabled() and nll_loss.requires_grad:
                 d_weight = self.adaptive_weight(nll_loss, g_loss, last_layer)
@@ -122,11 +125,14 @@ class VAELoss(nn.Module):
         }
         return loss, log
 
-    def discriminator_loss(self, inputs: Tensor, recon: Tensor, global_step: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def discriminator_loss(self, inputs: Tensor, recon: Tensor, global_step: int,
+                           adversarial_rows: Optional[int] = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Hinge loss of the discriminator: every input is real, the first ``adversarial_rows`` reconstructions
+        (default: all) fake."""
         if self.discriminator is None:
             raise RuntimeError("VAELoss.discriminator_loss needs a discriminator; this loss was built without one")
         logits_real = self.discriminator(inputs.detach())
-        logits_fake = self.discriminator(recon.detach())
+        logits_fake = self.discriminator(recon[:adversarial_rows].detach())
         loss = self.gan_factor(global_step) * hinge_loss(logits_real, logits_fake)
         log = {
             "disc_loss": loss.detach(),
