@@ -2,7 +2,8 @@
 
 Stages: FaceWorld (64x64) -> face parser and attribute classifier (and their accuracy on the test split)
 -> VAE -> its decoder against a PatchGAN (encoder frozen) -> scale_factor -> text and mask experts -> dynamic
-diffusers -> export to checkpoints/faceworld/ as float16 safetensors with resolved configs. Finished stages are
+diffusers -> the decoder trained on latents the collaborative model re-drew from training images (render) -> export
+to checkpoints/faceworld/ as float16 safetensors with resolved configs. Finished stages are
 skipped on a re-run; an interrupted one resumes from its last checkpoint. Sizes and step counts are in configs/faceworld/*.yaml.
 
 Examples:
@@ -34,7 +35,7 @@ def main(argv=None):
                    help="where the training stages run (the shipped models: cpu); with gpu, raise the budgets with --steps")
     p.add_argument("--eval-limit", type=int, default=None, help="test images for the evaluator accuracies (default: all)")
     p.add_argument("--reuse-shipped", default=None, metavar="STAGES",
-                   help="comma-separated stages (vae, text, mask, parser, classifier; vae brings its decoder stage) to take from the shipped files in "
+                   help="comma-separated stages (vae, text, mask, parser, classifier; vae brings its decoder and render stages) to take from the shipped files in "
                         "--export instead of training them, e.g. vae,mask,parser,classifier to retrain only the text "
                         "expert and the dynamic diffusers (the run directories must not exist yet)")
     args = p.parse_args(argv)
