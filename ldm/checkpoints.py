@@ -239,11 +239,11 @@ def pretrained(config: str, component: str, ckpt: Optional[str] = None, load_wei
     With ``load_weights=False`` (summaries, or before loading a full checkpoint) no file is read.
     """
     cfg = load_config(config)
-    node = cfg.model
-    for part in component.split("."):  # a dotted component is nested, e.g. loss.discriminator
+    node, parts = cfg.model, component.split(".")  # a dotted component is nested, e.g. loss.discriminator
+    for depth, part in enumerate(parts):
         params = node.get("params") or {}
         if part not in params:
-            where = ".params.".join(component.split(".")[: component.split(".").index(part) + 1])
+            where = ".params.".join(parts[: depth + 1])
             raise ConfigError(f"{config} has no model.params.{where} to build a pre-trained {component} from")
         node = params[part]
     module = instantiate(node, load_weights=load_weights)

@@ -131,12 +131,11 @@ class AutoencoderModule(AdamOptions, pl.LightningModule):
             posterior = self.vae.encode(x)
             z = self.regenerate(posterior.sample(generator), batch, generator, step)  # [B, C, h, w]
             recon = self.vae.decode(z)
-            if self.regenerate.active(step):
-                count = self.regenerate.count(x.shape[0])  # the first rows are re-drawn
-                if self.regenerate.adversarial_rows_only:
-                    rows = count
-                if self.anchor is not None:
-                    target = torch.cat([x[:count], self.anchor(z[count:])])
+            count = self.regenerate.count(x.shape[0])  # the first rows are re-drawn
+            if self.regenerate.adversarial_rows_only:
+                rows = count
+            if self.anchor is not None:
+                target = torch.cat([x[:count], self.anchor(z[count:])])
         loss, log = self.loss.generator_loss(target, recon, posterior, step, last_layer=self.vae.last_layer, adversarial_rows=rows)
         if self.loss.discriminator is not None:
             d_loss, d_log = self.loss.discriminator_loss(x, recon, step, adversarial_rows=rows)  # recon is detached inside
@@ -175,13 +174,14 @@ def random_window(images: Tensor, size: int, generator: torch.Generator) -> Tens
 
 
 class FrozenDecoder:
-    """A frozen copy of a VAE's decoder (with ``post_quant_conv``), outside any module's state: ``z -> image``."""
+    """A frozen copy of a VAE's decoding half (``post_quant_conv``, ``decoder``), outside any module's state:
+    ``z -> image`` as :meth:`AutoencoderKL.decode` rendered it when copied."""
 
     def __init__(self, vae: AutoencoderKL):
-        self.vae = copy.deepcopy(vae).eval().requires_grad_(False)
+        self.decode = copy.deepcopy(torch.nn.Sequential(vae.post_quant_conv, vae.decoder)).eval().requires_grad_(False)
 
     @torch.no_grad()
     def __call__(self, z: Tensor) -> Tensor:
-        if next(self.vae.parameters()).device != z.device:
-            self.vae.to(z.device)
-        return self.vae.decode(z)
+        if next(self.decode.parameters()).device != z.device:
+            self.decode.to(z.device)
+        return self.decode(z)

@@ -39,7 +39,6 @@ class RegeneratedLatents:
         strength: list[float] = [0.05, 0.7],  # noqa: B006 (never mutated)
         steps: int = 20,
         methods: list[str] = ["collaborative", "mask", "text"],  # noqa: B006
-        start_step: int = 0,
         adversarial_rows_only: bool = False,
         anchor: bool = False,
     ):
@@ -50,8 +49,7 @@ class RegeneratedLatents:
         decoder keeps rendering real latents). ``strength``: [low, high] of the uniform draw of s (one per batch).
         ``steps``: DDIM steps over the whole range (eta 1, as the evaluation samples), so s x steps run.
         ``methods``: cycled over the training steps, one per batch (``collaborative``, ``composable``, ``mask``,
-        ``text``), so the decoder sees every sampler's latents. ``start_step``: training steps before it decode
-        posterior latents only (the decoder first learns the encoder's latents against the discriminator).
+        ``text``), so the decoder sees every sampler's latents.
 
         ``adversarial_rows_only``: the discriminator judges only the re-drawn rows (false: every row).
         ``anchor``: the kept posterior rows' pixel target is not the image but the decoder *as given* rendering the
@@ -72,8 +70,6 @@ class RegeneratedLatents:
         missing = sorted({k for m in methods for k in METHODS[m]} - set(experts))
         if missing:
             raise ConfigError(f"RegeneratedLatents: methods {list(methods)} need experts {missing}, which the model lacks")
-        if start_step < 0:
-            raise ConfigError(f"RegeneratedLatents: start_step must be >= 0, got {start_step}")
         if "collaborative" in methods and set(getattr(model, "diffusers", {})) != set(experts):
             raise ConfigError("RegeneratedLatents: method collaborative needs a collaborative model (dynamic diffusers)")
         self.model = model.eval().requires_grad_(False)
@@ -81,7 +77,6 @@ class RegeneratedLatents:
         self.strength = (low, high)
         self.sampling = SamplerOptions("ddim", steps, None, 1.0)
         self.methods = list(methods)
-        self.start_step = int(start_step)
         self.adversarial_rows_only = bool(adversarial_rows_only)
         self.anchor = bool(anchor)
 
@@ -89,23 +84,18 @@ class RegeneratedLatents:
         """How many rows of a batch are re-drawn (the first ones)."""
         return max(1, round(self.fraction * batch_size))
 
-    def active(self, step: int) -> bool:
-        return step >= self.start_step
-
     def keys(self) -> list[str]:
         """The batch keys the methods condition on."""
         return sorted({k for m in self.methods for k in METHODS[m]})
 
     @torch.no_grad()
     def __call__(self, z: Tensor, batch: dict[str, Any], generator: torch.Generator, step: int) -> Tensor:
-        """``z`` [B, C, h, w] (VAE latents, unscaled) with its first ``round(fraction x B)`` rows regenerated
-        (from ``start_step`` on; ``z`` itself before)."""
-        absent = [k for k in self.keys() if k not in batch]  # checked from the first step on
+        """``z`` [B, C, h, w] (VAE latents, unscaled) with its first :meth:`count` rows regenerated; ``step`` picks
+        the method."""
+        absent = [k for k in self.keys() if k not in batch]
         if absent:
             raise DataError(f"RegeneratedLatents ({', '.join(self.methods)}) needs batch keys {absent}; add them to the "
                             "training data's keys")
-        if not self.active(step):
-            return z
         method = self.methods[step % len(self.methods)]
         keys = METHODS[method]
         count = self.count(z.shape[0])
