@@ -1,7 +1,7 @@
 """Measure Imagic editing on FaceWorld: target accuracy after the edit and preservation of everything else.
 
-Edits the first --num faces of a FaceWorld test split in every mode (text: age and beard; mask: glasses or
-hair length; collaborative: both), with exact targets re-rendered by FaceWorld, and measures with the
+Edits --num faces of a FaceWorld test split (the first, or from the --offset-th on) in every mode (text: age
+and beard; mask: glasses or hair length; collaborative: both), with exact targets re-rendered by FaceWorld, and measures with the
 FaceWorld evaluators (face parser, attribute classifier): the target accuracy, the parser's mask accuracy
 outside the edited region, the classifier's agreement on the factors not edited, PSNR (and, with the LPIPS
 weights, LPIPS) outside the edited region. See ``ldm/evaluation/edit_metrics.py`` for the definitions. Each edit is a
@@ -12,6 +12,8 @@ Examples:
       --ckpt checkpoints/faceworld/codiff.safetensors --data outputs/faceworld \\
       --parser checkpoints/faceworld/parser.safetensors --classifier checkpoints/faceworld/classifier.safetensors \\
       --num 20 --embed-steps 100 --finetune-steps 100 --alphas 0.8,1,1.2 --out outputs/edit_eval
+  # tune editing settings on test faces 20-39, which the committed 20-face table (--offset 0) does not use:
+  python scripts/evaluate_editing.py ... --num 20 --offset 20 --modes text --strength 0.6 --out outputs/edit_tune
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def parse(argv):
     p.add_argument("--lpips-vgg", default=None, help="VGG-16 weights for LPIPS (optional; else the torch hub cache)")
     p.add_argument("--lpips-lin", default=None, help="LPIPS v0.1 linear heads (optional)")
     p.add_argument("--num", type=int, default=20, help="test faces to edit")
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip this many test faces first (tune settings on faces the committed table leaves out)")
     p.add_argument("--modes", default=",".join(EDIT_MODES), help="comma list of text, mask, collaborative")
     add_edit_arguments(p, alphas_help=f"the alphas measured (comma list); unset: {MEASURED_ALPHAS}")
     p.add_argument("--seed", type=int, default=RELEASED.seed)
@@ -82,16 +86,17 @@ def main(argv=None):
     classifier = load_evaluator(args.classifier, "classifier", args.device)
     out = writable_dir(args.out)
     model = load_model(args.config, ckpt, args.device, args.overrides)
-    cases = faceworld_cases(args.data, args.num, model.vae.resolution)
+    cases = faceworld_cases(args.data, args.num, model.vae.resolution, args.offset)
     lpips = optional_lpips(args, args.device)
-    settings = {"config": args.config, "ckpt": str(ckpt), "data": args.data, "num": args.num, "modes": modes,
+    settings = {"config": args.config, "ckpt": str(ckpt), "data": args.data, "num": args.num, "offset": args.offset,
+                "modes": modes,
                 **asdict(options)}
     rows = evaluate_edits(model, cases, parser, classifier, out, options, modes=modes, lpips=lpips,
                           provenance={"config": args.config, "ckpt": str(ckpt), "overrides": list(args.overrides)},
                           progress=True)
     json_path, md_path = write_results(rows, out, settings)
     print(markdown_table(rows))
-    print(f"\nN = {args.num} FaceWorld test faces, seed {args.seed}; wrote {md_path} and {json_path}; "
+    print(f"\nN = {args.num} FaceWorld test faces (from face {args.offset} on), seed {args.seed}; wrote {md_path} and {json_path}; "
           f"grids: {out}/<face>_<mode>/grid.png")
     return 0
 

@@ -401,6 +401,11 @@ def test_faceworld_edit_measurement(tmp_path):
     world = make_faceworld(tmp_path / "fw", num=6, seed=3, size=32, test_size=2, progress=False)
     cases = faceworld_cases(world, 2, 32)
     assert [c.mask_change for c in cases] == ["glasses", "hair_length"]
+    later = faceworld_cases(world, 1, 32, offset=1)  # the same face gets the same edit whatever the offset
+    assert later[0].name == cases[1].name and later[0].mask_change == "hair_length"
+    assert later[0].target_caption == cases[1].target_caption and (later[0].target_mask == cases[1].target_mask).all()
+    with pytest.raises(UserError, match=r"--offset 1 --num 2 asks for test faces 1..2"):
+        faceworld_cases(world, 2, 32, offset=1)
     for c in cases:
         assert (c.source_mask != c.target_mask).any()
         assert c.target_labels["age"] != c.source_labels["age"] and c.target_labels["gender"] == c.source_labels["gender"]

@@ -105,9 +105,10 @@ def faceworld_case(seed: int, index: int, size: int, supersample: Optional[int] 
     )
 
 
-def faceworld_cases(root: str | Path, num: int, resolution: int) -> list[EditCase]:
-    """The first ``num`` faces of a FaceWorld's test split with their edit targets (module docstring); the input
-    images are the data set's files."""
+def faceworld_cases(root: str | Path, num: int, resolution: int, offset: int = 0) -> list[EditCase]:
+    """``num`` faces of a FaceWorld's test split from its ``offset``-th on (0: the first ``num``), with their edit
+    targets (module docstring); the input images are the data set's files. A face's mask change (glasses or hair
+    length) depends on its position in the split, not on ``offset``, so the same face gets the same edit."""
     root = Path(root)
     meta = read_meta(root)
     if meta.get("kind") != "faceworld":
@@ -117,10 +118,11 @@ def faceworld_cases(root: str | Path, num: int, resolution: int) -> list[EditCas
     if size != resolution:
         raise DataError(f"{root} holds {size}x{size} faces but the model works at {resolution}x{resolution}; use a FaceWorld of that size")
     names = split_names([str(i) for i in range(int(meta["num"]))], "test", int(meta["test_size"]), str(root / "meta.json"))
-    if num > len(names):
-        raise UserError(f"--num {num} is more than the {len(names)} test faces of {root}; give --num {len(names)} or fewer")
+    if offset < 0 or offset + num > len(names):
+        raise UserError(f"--offset {offset} --num {num} asks for test faces {offset}..{offset + num - 1}, but {root} has "
+                        f"{len(names)} (0..{len(names) - 1}); give offset >= 0 and offset + num <= {len(names)}")
     cases = []
-    for k, name in enumerate(names[:num]):
+    for k, name in enumerate(names[offset:offset + num], start=offset):
         case = faceworld_case(seed, int(name), size, supersample, "glasses" if k % 2 == 0 else "hair_length", version)
         cases.append(replace(case, image=read_image(faceworld.sample_paths(root, name, size).image, resolution)))
     return cases
