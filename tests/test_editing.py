@@ -486,8 +486,10 @@ def test_real_input_runs_every_mode_with_the_shipped_faceworld_models(tmp_path):
 
 def test_evaluate_editing_script_with_the_shipped_models(tmp_path, capsys):
     """The measurement end to end through its script: the shipped FaceWorld models and evaluators on a small
-    FaceWorld at 64², a start part-way from the flag; results.md has the input, ceiling and edit rows."""
+    FaceWorld at 64², a start part-way from the flag, the second test face (--offset); results.md has the input,
+    ceiling and edit rows."""
     from ldm.data.faceworld import make_faceworld
+    from ldm.evaluation.edit_metrics import faceworld_cases
 
     os.chdir(REPO)
     world = make_faceworld(tmp_path / "fw", num=6, seed=3, size=64, test_size=2, progress=False)
@@ -495,7 +497,7 @@ def test_evaluate_editing_script_with_the_shipped_models(tmp_path, capsys):
     argv = ["--config", str(SHIPPED / "codiff.yaml"), "--ckpt", str(SHIPPED / "codiff.safetensors"), "--data", str(world),
             "--parser", str(SHIPPED / "parser.safetensors"), "--classifier", str(SHIPPED / "classifier.safetensors"),
             "--num", "1", "--modes", "text,mask", "--embed-steps", "2", "--finetune-steps", "2", "--steps", "2",
-            "--alphas", "1", "--strength", "0.6", "--out", str(out), "--device", "cpu"]
+            "--alphas", "1", "--strength", "0.6", "--offset", "1", "--out", str(out), "--device", "cpu"]
     assert script("evaluate_editing").main(argv) == 0
     table = (out / "results.md").read_text()
     for row in ("| input | – | 1 |", "| text: target via VAE | – | 1 |", "| mask: target via VAE | – | 1 |",
@@ -503,5 +505,7 @@ def test_evaluate_editing_script_with_the_shipped_models(tmp_path, capsys):
         assert row in table, row
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["strength"] == 0.6 and results["settings"]["modes"] == ["text", "mask"]
+    assert results["settings"]["offset"] == 1
     (run_dir,) = out.glob("*_text")
+    assert run_dir.name == f"{faceworld_cases(world, 1, 64, offset=1)[0].name}_text"  # the second test face
     assert json.loads((run_dir / "settings.json").read_text())["strength"] == 0.6
