@@ -94,6 +94,28 @@ def existing_file(path: str | os.PathLike, what: str, flag: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
+# The speed flags shared by generate.py and evaluate.py (docs/performance.md)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, ``--channels-last`` and ``--compile``: the fast path of the networks (:class:`ldm.speed.SpeedOptions`)."""
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="autocast precision of the networks (default fp32; x_T and the sampler's update stay fp32)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for the convolutions")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNets (skipped with a warning where unavailable)")
+
+
+def speed_options(args: argparse.Namespace):
+    """The :class:`~ldm.speed.SpeedOptions` of :func:`add_speed_arguments`'s flags; ``None`` (the networks as
+    built) when all are defaults."""
+    from ldm.speed import SpeedOptions
+
+    if args.precision == "fp32" and not args.channels_last and not args.compile:
+        return None
+    return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
+
+
+# --------------------------------------------------------------------------------------------------
 # The sampler flags shared by generate.py, evaluate.py, edit.py and demo.py
 
 

@@ -95,10 +95,20 @@ def shard_from_env(flag: Optional[str] = None, env: Optional[Mapping[str, str]] 
     return Shard()
 
 
-def device_for(shard: Shard, requested: str) -> str:
-    """``cuda`` -> ``cuda:<local_rank>`` when several processes share a machine; other devices unchanged."""
+def device_for(shard: Shard, requested: str, num_gpus: Optional[int] = None) -> str:
+    """``cuda`` -> ``cuda:<local_rank>`` when several processes share a machine; other devices unchanged.
+
+    With more processes than GPUs (``num_gpus``, default ``torch.cuda.device_count()``) the ranks take the
+    GPUs in turn (``local_rank % num_gpus``), so ``torchrun --nproc-per-node 2`` also runs on one GPU."""
     if requested == "cuda" and shard.is_sharded:
-        return f"cuda:{shard.local_rank}"
+        if num_gpus is None:
+            num_gpus = torch.cuda.device_count()
+        if num_gpus < 1:
+            raise UserError("--device cuda, but PyTorch sees no GPU; use --device cpu or check CUDA_VISIBLE_DEVICES")
+        if shard.local_rank >= num_gpus:
+            logger.info("local rank %d shares cuda:%d (%d GPUs for more processes)", shard.local_rank,
+                        shard.local_rank % num_gpus, num_gpus)
+        return f"cuda:{shard.local_rank % num_gpus}"
     return requested
 
 

@@ -27,7 +27,8 @@ Examples:
   python scripts/evaluate.py --config checkpoints/faceworld/codiff.yaml --ckpt checkpoints/faceworld/codiff.safetensors
   python scripts/evaluate.py --config C --ckpt K --num 100 --steps 20 --methods collaborative,composable
   python scripts/evaluate.py --config C --ckpt K --methods collaborative --sampler unipc --steps 15 --out outputs/samplers/unipc_15
-  torchrun --nproc-per-node 4 scripts/evaluate.py --config C --ckpt K --device cuda       # 4 GPUs
+  torchrun --nproc-per-node 4 scripts/evaluate.py --config C --ckpt K --device cuda --num-pairs 500   # 4 GPUs
+  python scripts/evaluate.py --config C --ckpt K --device cuda --precision bf16 --num 200   # bf16 autocast
   python scripts/evaluate.py --config configs/256_codiff_mask_text.yaml --ckpt checkpoints/256_codiff_mask_text.ckpt \\
       --data data/celeba --num 3000 --fid-weights pt_inception-2015-12-05-6726825d.pth \\
       --clip-dir clip-vit-base-patch32 --bisenet-weights 79999_iter.pth
@@ -42,7 +43,18 @@ from pathlib import Path
 import torch
 
 from ldm import distributed
-from ldm.cli import add_sampler_arguments, check_batch_size, existing_file, main_guard, make_parser, sampler_options, setup_logging, writable_dir
+from ldm.cli import (
+    add_sampler_arguments,
+    add_speed_arguments,
+    check_batch_size,
+    existing_file,
+    main_guard,
+    make_parser,
+    sampler_options,
+    setup_logging,
+    speed_options,
+    writable_dir,
+)
 from ldm.config import load_config, sample_settings
 from ldm.data.faceworld import LABELS_FILE, load_labels
 from ldm.errors import UserError
@@ -58,7 +70,8 @@ def parse(argv):
     p = make_parser(__doc__)
     p.add_argument("--config", required=True, help="collaborative model config")
     p.add_argument("--ckpt", required=True, help="its checkpoint (ours or released)")
-    p.add_argument("--num", type=int, default=500, help="number of held-out (mask, caption) pairs")
+    p.add_argument("--num", "--num-pairs", dest="num", type=int, default=500,
+                   help="number of held-out (mask, caption) pairs (under torchrun write --num-pairs: torchrun reads --num as its own --numa-binding)")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and the sampler's noise (the same for every method)")
     add_sampler_arguments(p)
     p.add_argument("--methods", default=METHODS, help="comma list of collaborative, composable, text, mask")
@@ -70,6 +83,7 @@ def parse(argv):
     p.add_argument("--batch-size", type=int, default=50, help="images generated at once (a batch is also the unit of sharding)")
     p.add_argument("--out", default="outputs/evaluate", help="output directory")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_speed_arguments(p)
     p.add_argument("--fid-weights", default=None, help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (enables FID)")
     p.add_argument("--clip-dir", default=None, help="local transformers CLIP folder (enables CLIP similarity)")
     p.add_argument("--bisenet-weights", default=None, help="face-parsing.PyTorch's 79999_iter.pth (enables BiSeNet mask accuracy)")
@@ -137,14 +151,15 @@ def main(argv=None):
     scorer = gen.Evaluators(labels is not None, device, parser=args.parser, classifier=args.classifier,
                             fid_weights=args.fid_weights, clip_dir=args.clip_dir, bisenet_weights=args.bisenet_weights)
     run = gen.GenerationRun(config=args.config, ckpt=args.ckpt, sampling=args.sampling, seed=args.seed, preset=args.preset,
-                            batch_size=args.batch_size, overrides=list(args.overrides))
+                            batch_size=args.batch_size, overrides=list(args.overrides), speed=speed_options(args))
     n = len(dataset)
     num_units = -(-n // args.batch_size)
     settings = {"config": args.config, "ckpt": str(args.ckpt), "data": str(root), "num": n, "seed": args.seed,
                 **args.sampling.to_dict(), "methods": methods, "preset": args.preset, "batch_size": args.batch_size,
                 "parser": args.parser if labels is not None else None, "classifier": args.classifier if labels is not None else None,
                 "fid_weights": args.fid_weights, "clip_dir": args.clip_dir, "bisenet_weights": args.bisenet_weights,
-                "overrides": list(args.overrides)}
+                "overrides": list(args.overrides), "precision": args.precision, "channels_last": args.channels_last,
+                "compile": args.compile}
     signature = distributed.run_signature(settings)
 
     real_avg, real_features, checks = None, {}, []

@@ -45,11 +45,13 @@ import torch
 from ldm import distributed
 from ldm.cli import (
     add_sampler_arguments,
+    add_speed_arguments,
     check_batch_size,
     existing_file,
     main_guard,
     make_parser,
     sampler_options,
+    speed_options,
     setup_logging,
     writable_dir,
 )
@@ -60,7 +62,6 @@ from ldm.errors import UserError
 from ldm.figures import GRID_TILE, condition_tiles, write_comparison
 from ldm.images import grid, save_png
 from ldm.pipeline import load_model
-from ldm.speed import SpeedOptions
 
 logger = logging.getLogger("generate")
 
@@ -81,19 +82,11 @@ def parse(argv):
     p.add_argument("--save-influence", action="store_true", help="write influence maps and x_t at every sampler step (Figures A4/A5)")
     p.add_argument("--conditions", default=None, help="JSON or CSV file of many (mask, text) pairs (see below)")
     p.add_argument("--shard", default=None, help="RANK/WORLD_SIZE of this process (default: torchrun / SLURM environment)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="autocast precision of the networks (default fp32; x_T and the sampler's update stay fp32)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the convolutions")
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNets (skipped with a warning where unavailable)")
+    add_speed_arguments(p)
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return p.parse_args(argv)
 
 
-def speed_options(args) -> SpeedOptions | None:
-    """The --precision/--channels-last/--compile choices; ``None`` (the plain path) when all are defaults."""
-    if args.precision == "fp32" and not args.channels_last and not args.compile:
-        return None
-    return SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=args.compile)
 
 
 

@@ -31,8 +31,8 @@ def build_parser():
     p.add_argument("--supersample", type=int, default=None, help="odd render supersampling (default 3 up to 128 px, else 1)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel processes")
     p.add_argument("--version", type=int, default=None, choices=[1, 2],
-                   help="renderer version: 1 (default; what the shipped models were trained on) or 2 (caption cues drawn at "
-                        "a scale the 16x16 latent keeps; what make train-faceworld trains on)")
+                   help="renderer version: 2 (default; caption cues drawn at a scale the 16x16 latent keeps; what make "
+                        "train-faceworld and the shipped models were trained on) or 1 (the first world, finer cues)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true")
     return p

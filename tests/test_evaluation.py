@@ -127,10 +127,44 @@ def test_shard_from_flag_and_environment():
     assert distributed.shard_from_env(None, {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == distributed.Shard(3, 8, 1)
     assert distributed.shard_from_env(None, {"SLURM_PROCID": "2", "SLURM_NTASKS": "3", "SLURM_LOCALID": "0"}) == distributed.Shard(2, 3)
     assert distributed.shard_from_env(None, {}) == distributed.Shard(0, 1)
-    assert distributed.device_for(distributed.Shard(3, 8, 1), "cuda") == "cuda:1"
+    assert distributed.device_for(distributed.Shard(3, 8, 1), "cuda", num_gpus=4) == "cuda:1"
+    # more processes than GPUs (torchrun --nproc-per-node 2 on one GPU): the ranks share the GPUs in turn
+    assert [distributed.device_for(distributed.Shard(r, 3, r), "cuda", num_gpus=2) for r in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert distributed.device_for(distributed.Shard(1, 2, 1), "cpu", num_gpus=0) == "cpu"
+    with pytest.raises(UserError, match="no GPU"):
+        distributed.device_for(distributed.Shard(1, 2, 1), "cuda", num_gpus=0)
     for bad in ("4/4", "1", "a/b", "-1/2"):
         with pytest.raises(UserError, match="shard"):
             distributed.shard_from_env(bad, {})
+
+
+@pytest.mark.parametrize("name", ["evaluate", "generate"])
+def test_torchrun_leaves_the_sharded_scripts_flags_to_them(name, monkeypatch):
+    """torchrun's own parser takes any option that abbreviates one of its options (``--num`` is ambiguous with
+    its ``--numa-binding`` and stops it): every option of a script that shards under torchrun has a spelling
+    that torchrun passes on to the script untouched."""
+    from torch.distributed.run import get_args_parser
+
+    module = script(name)
+    parsers = []
+
+    def recording_make_parser(doc):
+        parsers.append(module_make_parser(doc))
+        return parsers[-1]
+
+    module_make_parser = module.make_parser
+    monkeypatch.setattr(module, "make_parser", recording_make_parser)
+    module.parse(["--config", "c", "--ckpt", "k"])
+    torchrun = get_args_parser()
+    theirs = [o for action in torchrun._actions for o in action.option_strings]
+    script_args = []
+    for action in parsers[0]._actions:
+        safe = [o for o in action.option_strings if o.startswith("--") and not any(t.startswith(o) for t in theirs)]
+        if action.option_strings and action.dest != "help":
+            assert safe, f"{name}.py {action.option_strings}: torchrun takes every spelling for one of its own options"
+            script_args += [safe[0]] + ([] if action.nargs == 0 else ["1"])
+    parsed = torchrun.parse_args(["--nproc-per-node", "2", f"scripts/{name}.py", *script_args])
+    assert parsed.training_script_args == script_args and parsed.nproc_per_node == "2"
 
 
 def test_write_and_gather_any_order(tmp_path):

@@ -152,7 +152,7 @@ def test_benchmark_script_tiny_reference_and_train(tmp_path, capsys):
     assert report["gflop_per_image"]["sampling"] > 0
 
 
-@pytest.mark.parametrize("name", ["benchmark", "generate"])
+@pytest.mark.parametrize("name", ["benchmark", "generate", "evaluate"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script(name).main(["--help"])
@@ -161,8 +161,9 @@ def test_help(name, capsys):
     assert "--precision" in printed and "--compile" in printed and "--channels-last" in printed
 
 
-def test_generate_speed_flags():
-    generate = script("generate")
+@pytest.mark.parametrize("name", ["generate", "evaluate"])
+def test_speed_flags(name):
+    generate = script(name)
     base = ["--config", "c", "--ckpt", "k"]
     assert generate.speed_options(generate.parse(base)) is None  # defaults: the plain path
     speed = generate.speed_options(generate.parse(base + ["--precision", "bf16", "--channels-last"]))

@@ -27,6 +27,7 @@ from ldm.errors import UserError
 from ldm.evaluation import evaluators, metrics, real_metrics, report
 from ldm.pipeline import load_model, sample
 from ldm.seeding import batch_seed
+from ldm.speed import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class GenerationRun:
     preset: str = "paper"
     batch_size: int = 50
     overrides: list[str] = field(default_factory=list)
+    speed: Optional[SpeedOptions] = None  # the networks' fast path (bf16 autocast, ...); None: as built, fp32
 
 
 def test_pairs(root: Path, resolution: Optional[int], num: int) -> celeba.PreprocessedFaces:
@@ -155,7 +157,8 @@ def generate_shard(run: GenerationRun, methods: Sequence[str], dataset, labels, 
         conditions = {"seg_mask": batch["seg_mask"], "text": batch["text"]}
         for method in methods:
             generator = torch.Generator().manual_seed(batch_seed(run.seed, unit))
-            images = sample(model, conditions, method=method, **run.sampling.to_dict(), generator=generator, options=options).images
+            images = sample(model, conditions, method=method, **run.sampling.to_dict(), generator=generator, options=options,
+                            speed=run.speed).images
             rows, feats = scorer.score(images, batch, lab)
             records += [{"unit": unit, "index": i, "name": n, "method": method, **r} for i, n, r in zip(indices, batch["name"], rows)]
             for k, v in feats.items():
@@ -190,7 +193,8 @@ def write_results(run: GenerationRun, settings: dict, summary: dict, checks: lis
                   doc: Optional[str] = None, command: Optional[str] = None) -> str:
     """Write OUT/results.json, OUT/results.md (and OUT/records.json); with ``doc`` also the results page,
     headed by ``command``. Returns the markdown table and the claim checks."""
-    caption = (f"N = {settings['num']} held-out pairs, seed {run.seed}, {run.sampling.describe()}, "
+    speed = f", networks {run.speed.describe()}" if run.speed is not None else ""
+    caption = (f"N = {settings['num']} held-out pairs, seed {run.seed}, {run.sampling.describe()}{speed}, "
                f"preset {run.preset}; `{run.ckpt}`")
     table = report.markdown_table(summary, caption)
     claim = report.claim_checks(summary, records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 # (key in the per-sample records / summary, column title, kind) in table order.
@@ -67,9 +68,15 @@ def paired_difference(records: Sequence[Mapping[str, Any]], a: str, b: str, key:
     diffs = [first[r["index"]] - r[key] for r in records if r["method"] == b and r.get(key) is not None and r["index"] in first]
     if len(diffs) < 2:
         return None
-    mean = sum(diffs) / len(diffs)
-    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return mean, 1.96 * math.sqrt(var / len(diffs))
+    return mean_and_ci(diffs)
+
+
+def mean_and_ci(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of ``values`` (at least 2) and the half-width of its 95% confidence interval (1.96 standard errors)."""
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, 1.96 * math.sqrt(var / n)
 
 
 def claim_checks(
@@ -174,3 +181,50 @@ def faceworld_target_checks(summary: Mapping[str, Mapping[str, float]], records:
         lines.append(f"{'PASS' if all(fd < v for v in rivals.values()) else 'FAIL'}: collaborative FD {fd:.3f} vs {others} "
                      "(target: below every one)")
     return lines
+
+
+@dataclass(frozen=True)
+class RunDifference:
+    """One method's metric in two evaluation runs of the same conditions and seeds: the paired difference."""
+
+    method: str
+    key: str
+    first: float  # mean in the first run
+    second: float  # mean in the second run
+    difference: float  # mean per-sample (second − first)
+    half_width: float  # of its 95% confidence interval
+    max_abs: float  # the largest per-sample |difference|
+    ci_first: float  # half-width of the 95% confidence interval of the first run's own mean
+
+    @property
+    def within_ci(self) -> bool:
+        """The second run's mean lies inside the first run's own 95% confidence interval."""
+        return abs(self.second - self.first) <= self.ci_first
+
+
+def compare_runs(first: Sequence[Mapping[str, Any]], second: Sequence[Mapping[str, Any]],
+                 keys: Sequence[str] = PER_SAMPLE) -> list[RunDifference]:
+    """Per-sample comparison of two runs' records (``records.json``) of the same pairs, method by method.
+
+    Raises ValueError when the runs do not cover the same (method, sample) pairs."""
+    def index(records):
+        return {(r["method"], r["index"]): r for r in records}
+
+    a, b = index(first), index(second)
+    if a.keys() != b.keys():
+        only = sorted(a.keys() ^ b.keys())[:3]
+        raise ValueError(f"the two runs cover different (method, sample) pairs, e.g. {only}; compare runs of the same --num and --methods")
+    rows = []
+    for method in sorted({m for m, _ in a}):
+        samples = sorted(i for m, i in a if m == method)
+        for key in keys:
+            pairs = [(a[method, i][key], b[method, i][key]) for i in samples
+                     if a[method, i].get(key) is not None and b[method, i].get(key) is not None]
+            if len(pairs) < 2:
+                continue
+            diffs = [y - x for x, y in pairs]
+            mean_d, half_d = mean_and_ci(diffs)
+            mean_a, half_a = mean_and_ci([x for x, _ in pairs])
+            rows.append(RunDifference(method, key, mean_a, sum(y for _, y in pairs) / len(pairs), mean_d, half_d,
+                                      max(abs(d) for d in diffs), half_a))
+    return rows
