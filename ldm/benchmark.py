@@ -19,6 +19,9 @@ What is measured (``scripts/benchmark.py`` is the command line):
 - **FLOPs** per image of one sampling step and of one training step, counted once per model with
   ``torch.utils.flop_counter.FlopCounterMode`` (eager, explicit attention, no recomputation), which gives the
   achieved FLOP/s and, with a stated peak, its fraction.
+- **operations** dispatched by one sampling step at batch 1 on each path (aten operations, each a kernel launch
+  or a view; not counted for a compiled path): where the step time does not grow with the batch, it is this
+  count times the host's cost per operation (docs/performance.md).
 
 The model is built from the config with random weights (no checkpoint is read). Layers initialised to zero
 (every UNet's output convolution, the transformers' output projections, the residual branches' last conv)
@@ -41,6 +44,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from ldm.config import instantiate, load_config
 from ldm.diffusion.ddim import ddim_sample, ddim_timesteps
@@ -50,7 +54,7 @@ from ldm.models.common import step_generator
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.modules.encoders import MaskEncoder, TextEncoder
 from ldm.pipeline import make_eps_fn
-from ldm.speed import SpeedOptions, apply_speed_options, autocast
+from ldm.speed import SpeedOptions, apply_speed_options, autocast, weights_in_precision
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +136,7 @@ class BenchmarkReport:
     agreements: list[Agreement] = field(default_factory=list)
     peak_tflops: Optional[float] = None
     equal_quality: list[EqualQuality] = field(default_factory=list)
+    operations_per_step: dict[str, int] = field(default_factory=dict)  # path -> aten operations, sampling, batch 1
 
     @property
     def agree(self) -> bool:
@@ -265,6 +270,36 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+class _OperationCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_operations(fn: Callable[[], Any]) -> int:
+    """How many aten operations one call of ``fn`` dispatches (casts and views included)."""
+    counter = _OperationCounter()
+    with counter:
+        fn()
+    return counter.count
+
+
+@torch.no_grad()
+def sampling_operations(model: nn.Module, method: str, speed: SpeedOptions, seed: int) -> int:
+    """Aten operations of one sampling step at batch 1 with ``speed`` (already applied to ``model``)."""
+    device = next(model.parameters()).device
+    one = encode_contexts(model, random_conditions(model, 1, torch.Generator().manual_seed(seed)))
+    eps_fn = make_eps_fn(model, one, method=method, speed=speed)
+    x = torch.zeros((1, *model.vae.latent_shape), device=device)
+    t = torch.full((1,), model.schedule.num_timesteps - 1, device=device)
+    with weights_in_precision(model, speed):
+        return count_operations(lambda: eps_fn(x, t))
+
+
 def count_flops(fn: Callable[[], Any]) -> float:
     """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), by ``FlopCounterMode``."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -309,6 +344,12 @@ def run_sampling(
     batch = next(iter(contexts.values())).shape[0]
     x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
     schedule = model.schedule
+    with weights_in_precision(model, speed):
+        return _timed_sampling(eps_fn, x_T, schedule, steps, warmup, repeats, device)
+
+
+def _timed_sampling(eps_fn: Callable, x_T: torch.Tensor, schedule, steps: int, warmup: int, repeats: int,
+                    device: torch.device) -> SamplingRun:
     if warmup:
         ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(min(warmup, schedule.num_timesteps), schedule.num_timesteps), eta=0.0)
 
@@ -494,6 +535,8 @@ def benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = logger.i
     outputs: dict[tuple[str, str, int], Any] = {}  # (path, task, batch) -> SamplingRun | TrainingRun
     for name, speed in paths:  # the reference first: compilation is one-way
         apply_speed_options(model, speed)
+        if not speed.compile:  # a compiled network's kernels are not aten operations
+            report.operations_per_step[name] = sampling_operations(model, method, speed, settings.seed)
         jobs = [("sampling", b, b / PAPER_STEPS, partial(
             run_sampling, model, contexts[b], method, speed, settings.steps, settings.warmup, settings.repeats, settings.seed,
         )) for b in settings.batch_sizes]
@@ -538,10 +581,11 @@ def run_equal_quality(model: nn.Module, contexts: dict[str, torch.Tensor], metho
     eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
     batch = next(iter(contexts.values())).shape[0]
     x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    for options in (released, recommended):
-        warm = SamplerOptions(options.sampler, 2, options.spacing, options.eta)
-        time_sampler(eps_fn, x_T, model.schedule, warm, seed)
-    seconds = [time_sampler(eps_fn, x_T, model.schedule, options, seed) for options in (released, recommended)]
+    with weights_in_precision(model, speed):
+        for options in (released, recommended):
+            warm = SamplerOptions(options.sampler, 2, options.spacing, options.eta)
+            time_sampler(eps_fn, x_T, model.schedule, warm, seed)
+        seconds = [time_sampler(eps_fn, x_T, model.schedule, options, seed) for options in (released, recommended)]
     return EqualQuality(batch, released.describe(), recommended.describe(), batch / seconds[0], batch / seconds[1])
 
 
@@ -648,6 +692,9 @@ def format_report(report: BenchmarkReport) -> str:
         lines.append(f"reference: {report.reference}")
     if report.gflop_per_image:
         lines.append("FLOPs per image and step: " + ", ".join(f"{k} {v:.4g} GFLOP" for k, v in report.gflop_per_image.items()))
+    if report.operations_per_step:
+        lines.append("aten operations per sampling step (batch 1): "
+                     + ", ".join(f"{path} {n:,}" for path, n in report.operations_per_step.items()))
     peak = report.peak_tflops
     header = f"{'path':<9} {'task':<24} {'batch':>5} {'ms/step':>10} {'img/s':>9} {'TFLOP/s':>8}"
     header += f" {'of peak':>7}" if peak else ""

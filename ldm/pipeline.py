@@ -24,7 +24,7 @@ from ldm.diffusion.collaborative import (
 )
 from ldm.diffusion.samplers import SamplerOptions, partial_start, run_sampler
 from ldm.errors import UserError
-from ldm.speed import SpeedOptions, apply_speed_options, concurrent_runner, fast_network
+from ldm.speed import SpeedOptions, apply_speed_options, concurrent_runner, fast_network, weights_in_precision
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,8 @@ def sample_from_contexts(
             trace.timesteps.append(int(t))
             trace.x_t.append(x.float().cpu())
 
-    z = run_sampler(choice.sampler, eps_fn, x_T, model.schedule, timesteps, eta=choice.resolved_eta, generator=generator,
-                    callback=callback, progress=progress)
+    with weights_in_precision(model, speed):
+        z = run_sampler(choice.sampler, eps_fn, x_T, model.schedule, timesteps, eta=choice.resolved_eta, generator=generator,
+                        callback=callback, progress=progress)
     images = model.decode_latents(z).clamp(-1, 1)
     return Samples(images=images.float().cpu(), latents=z.float().cpu(), trace=trace)

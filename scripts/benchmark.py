@@ -19,6 +19,9 @@ Examples:
   # images/s at equal quality: the recommended sampler against DDIM 50, on the fast path
   python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cuda --batch-sizes 8 --steps 5 \
       --precision bf16 --channels-last --equal-quality
+  # bf16 sampling with the weights held in bf16 (the default) and with autocast casting them at every call
+  python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cpu --batch-sizes 1 --steps 4 \
+      --repeats 2 --warmup 1 --precision bf16 --channels-last --no-flops [--no-held-weights]
   # the tiny chain, in seconds
   python scripts/benchmark.py --config configs/tiny/codiff.yaml --batch-sizes 1 --steps 4 --reference --train
 """
@@ -50,6 +53,9 @@ def parse(argv):
     p.add_argument("--attention", default="sdpa", choices=["sdpa", "math"], help="fast path attention")
     p.add_argument("--checkpointing", default="off", choices=["on", "off"], help="fast path gradient checkpointing (training)")
     p.add_argument("--no-streams", action="store_true", help="fast path: no separate CUDA streams for the networks of a step")
+    p.add_argument("--no-held-weights", action="store_true",
+                   help="fast path, bf16/fp16 sampling: autocast casts the weights at every call instead of a low-precision "
+                        "copy held while sampling (less memory, more operations per step)")
     p.add_argument("--equal-quality", action="store_true",
                    help="also time whole runs of DDIM 50 and of the recommended sampler of equal quality (docs/samplers.md)")
     p.add_argument("--train", action="store_true", help="also measure a training step of every stage")
@@ -72,7 +78,8 @@ def main(argv=None):
     if min(args.batch_sizes + (args.train_batch_sizes or [])) < 1:
         raise UserError("batch sizes must be positive")
     speed = SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-                         attention=args.attention, checkpointing=args.checkpointing == "on", streams=not args.no_streams)
+                         attention=args.attention, checkpointing=args.checkpointing == "on", streams=not args.no_streams,
+                         hold_weights=not args.no_held_weights)
     settings = BenchmarkSettings(
         config=args.config, overrides=args.overrides, device=args.device, batch_sizes=args.batch_sizes,
         steps=args.steps, warmup=args.warmup, repeats=args.repeats, train=args.train,

@@ -6,7 +6,9 @@
 #   2. FaceWorld evaluation with the shipped models on 200 held-out pairs, fp32 and bf16, compared;
 #   3. the fp32 evaluation sharded over 2 processes (torchrun) on the same device, compared sample by sample
 #      with the single-process run;
-#   4. the sampling of 1. at batch 16 with torch.compile (fast path only; compiled in the warm-up; capped at
+#   4. the sampling of 1. at batch 1 and 16 with autocast casting the weights at every call (--no-held-weights),
+#      against 1.'s default of holding them in bf16 while sampling;
+#   5. the sampling of 1. at batch 16 with torch.compile (fast path only; compiled in the warm-up; capped at
 #      COMPILE_TIMEOUT=200 s).
 # A failing step is reported and the others still run; each step's output is in OUT_DIR/<step>.log.
 #
@@ -15,7 +17,7 @@
 #   OUT_DIR=outputs/gpu_h200 DATA=/data/faceworld bash scripts/gpu_measure.sh
 #
 # DATA is a FaceWorld (python scripts/make_faceworld.py --out DATA --num 10000 --seed 0 is the shipped one; only
-# its first 200 test pairs are read). Summaries: OUT_DIR/bench.json, bench_compile.json, compare_bf16.json,
+# its first 200 test pairs are read). Summaries: OUT_DIR/bench.json, bench_cast_per_call.json, bench_compile.json, compare_bf16.json,
 # compare_sharded.json, and every evaluation's results.md.
 set -uo pipefail
 OUT_DIR=${OUT_DIR:-outputs/gpu_measure}
@@ -64,6 +66,8 @@ rm -rf "$OUT_DIR/eval_sharded"
 step eval_sharded $PY -m torch.distributed.run --standalone --nproc-per-node 2 $EVAL --out "$OUT_DIR/eval_sharded"
 step compare_sharded $PY scripts/compare_evaluations.py "$OUT_DIR/eval_fp32" "$OUT_DIR/eval_sharded" --exact 1e-4 \
     --json "$OUT_DIR/compare_sharded.json"
+step bench_cast_per_call $PY scripts/benchmark.py --config $CONFIG --device $DEVICE --batch-sizes ${BATCHES% *} \
+    --steps $STEPS --precision bf16 --channels-last --no-held-weights --no-flops --json "$OUT_DIR/bench_cast_per_call.json"
 # last, and capped: compilation time is what varies most between machines
 step bench_compile timeout ${COMPILE_TIMEOUT:-200} $PY scripts/benchmark.py --config $CONFIG --device $DEVICE \
     --batch-sizes 16 --steps $STEPS --precision bf16 --channels-last --compile --no-flops --json "$OUT_DIR/bench_compile.json"

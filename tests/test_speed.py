@@ -15,7 +15,8 @@ from ldm.benchmark import build_random_model, random_conditions
 from ldm.diffusion.collaborative import make_collaborative_eps_fn
 from ldm.modules.unet import UNetModel
 from ldm.pipeline import sample
-from ldm.speed import SpeedOptions, apply_speed_options, concurrent_runner, fast_network
+from ldm.pipeline import make_eps_fn
+from ldm.speed import SpeedOptions, apply_speed_options, concurrent_runner, fast_network, weights_in_precision
 
 CONFIG = str(REPO / "configs" / "tiny" / "codiff.yaml")
 
@@ -64,6 +65,57 @@ def test_bf16_autocast_sampling_agrees_loosely(tiny):
     assert torch.isfinite(bf16.latents).all()
     assert rel(bf16.latents, reference.latents) < 5e-2
     assert next(model.parameters()).dtype == torch.float32  # autocast, not a cast of the weights
+
+
+class CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """How many aten operations a call dispatches, and how many of them are dtype casts."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.casts = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.casts += func.overloadpacket.__name__ == "_to_copy"
+        return func(*args, **(kwargs or {}))
+
+
+def test_weights_held_in_bf16_give_the_same_step_with_fewer_casts(tiny):
+    model, conditions = tiny
+    speed = SpeedOptions(precision="bf16")
+    apply_speed_options(model, speed)
+    contexts = {m: model.experts[m].encode(c) for m, c in conditions.items()}
+    eps_fn = make_eps_fn(model, contexts, method="collaborative", speed=speed)
+    x, t = torch.randn(2, *model.vae.latent_shape, generator=torch.Generator().manual_seed(3)), torch.tensor([900, 20])
+    before = {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()}
+    with torch.no_grad():
+        autocast_only, held = CountOps(), CountOps()
+        with autocast_only:
+            expected = eps_fn(x, t)
+        with weights_in_precision(model, speed):
+            unet_params = [p for u in model.modules() if isinstance(u, UNetModel) for p in u.parameters()]
+            assert any(p.dtype == torch.bfloat16 for p in unet_params)
+            norms = [p for u in model.modules() if isinstance(u, UNetModel) for m in u.modules()
+                     if isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)) for p in m.parameters()]
+            assert norms and all(p.dtype == torch.float32 for p in norms)  # autocast runs norms in float32
+            assert all(p.dtype == torch.float32 for p in model.vae.parameters())  # decoded outside autocast
+            with held:
+                got = eps_fn(x, t)
+    assert torch.equal(got, expected)  # autocast would have cast the weights the same way
+    assert held.casts < autocast_only.casts / 2 and held.ops < autocast_only.ops
+    after = dict(model.named_parameters())
+    assert all((after[name].data_ptr(), after[name].dtype) == kept for name, kept in before.items())  # the originals back
+    assert torch.equal(run(model, conditions, speed).latents, run(model, conditions, speed).latents)
+
+
+def test_weights_in_precision_is_a_no_op_in_fp32_or_when_switched_off(tiny):
+    model, _ = tiny
+    before = [p.data_ptr() for p in model.parameters()]
+    cast_per_call = SpeedOptions(precision="bf16", hold_weights=False)
+    assert "weights cast per call" in cast_per_call.describe()
+    with weights_in_precision(model, SpeedOptions()), weights_in_precision(model, None), \
+            weights_in_precision(model, cast_per_call):
+        assert [p.data_ptr() for p in model.parameters()] == before
 
 
 def test_fast_network_returns_float32_and_runs_under_autocast():
@@ -150,6 +202,8 @@ def test_benchmark_script_tiny_reference_and_train(tmp_path, capsys):
     tasks = {(m["path"], m["task"]) for m in report["measurements"]}
     assert ("reference", "sampling") in tasks and ("fast", "train diffusers") in tasks
     assert report["gflop_per_image"]["sampling"] > 0
+    ops = report["operations_per_step"]  # the explicit softmax attention dispatches more than sdpa
+    assert ops["reference"] > ops["fast"] > 0 and "aten operations per sampling step" in printed
 
 
 @pytest.mark.parametrize("name", ["benchmark", "generate", "evaluate"])
