@@ -22,6 +22,9 @@ What is measured (``scripts/benchmark.py`` is the command line):
 - **operations** dispatched by one sampling step at batch 1 on each path (aten operations, each a kernel launch
   or a view; not counted for a compiled path): where the step time does not grow with the batch, it is this
   count times the host's cost per operation (docs/performance.md).
+- **profile** (``profile_batch``): ``torch.profiler`` over a few sampling steps of the fast path at one batch
+  size: the top operations by their own device time (CUDA; CPU time elsewhere) and, on CUDA, how many ms of
+  each step the GPU's kernels took, against the step time measured without the profiler.
 
 The model is built from the config with random weights (no checkpoint is read). Layers initialised to zero
 (every UNet's output convolution, the transformers' output projections, the residual branches' last conv)
@@ -81,6 +84,8 @@ class BenchmarkSettings:
     count_flops: bool = True
     seed: int = 0
     equal_quality: bool = False  # also time the released and the recommended sampler, whole runs
+    profile_batch: Optional[int] = None  # profile the fast path's sampling at this batch size
+    profile_steps: int = 5
 
 
 @dataclass
@@ -125,6 +130,18 @@ class EqualQuality:
 
 
 @dataclass
+class SamplingProfile:
+    """``torch.profiler`` over ``steps`` sampling steps of the fast path at one batch size."""
+
+    batch: int
+    steps: int
+    profiled_ms_per_step: float  # wall time under the profiler (which slows the host)
+    device_busy_ms_per_step: Optional[float]  # CUDA: the kernels' time per step (summed over streams); None elsewhere
+    sorted_by: str
+    table: str  # the top operations, torch's ``key_averages().table``
+
+
+@dataclass
 class BenchmarkReport:
     machine: dict[str, Any]
     config: str
@@ -137,6 +154,7 @@ class BenchmarkReport:
     peak_tflops: Optional[float] = None
     equal_quality: list[EqualQuality] = field(default_factory=list)
     operations_per_step: dict[str, int] = field(default_factory=dict)  # path -> aten operations, sampling, batch 1
+    profile: Optional[SamplingProfile] = None
 
     @property
     def agree(self) -> bool:
@@ -298,6 +316,51 @@ def sampling_operations(model: nn.Module, method: str, speed: SpeedOptions, seed
     t = torch.full((1,), model.schedule.num_timesteps - 1, device=device)
     with weights_in_precision(model, speed):
         return count_operations(lambda: eps_fn(x, t))
+
+
+def _device_time_us(event: Any) -> float:
+    """An averaged profiler event's own device time in µs (``self_cuda_time_total`` before torch 2.4's rename)."""
+    value = getattr(event, "self_device_time_total", None)
+    return float(value if value is not None else getattr(event, "self_cuda_time_total", 0.0))
+
+
+def kernel_time_ms(events: Sequence[Any]) -> float:
+    """The CUDA kernels' own time in profiler ``events``, in ms: the events on the device, as torch's own table
+    totals them (the CPU-side operators that launched them also carry their time, and are left out)."""
+    return sum(_device_time_us(e) for e in events
+               if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)) / 1e3
+
+
+@torch.no_grad()
+def profile_sampling(model: nn.Module, contexts: dict[str, torch.Tensor], method: str, speed: SpeedOptions,
+                     steps: int, seed: int, rows: int = 25) -> SamplingProfile:
+    """``torch.profiler`` over ``steps`` DDIM steps (eta 0) after a 2-step warm-up, with ``speed`` applied."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
+    batch = next(iter(contexts.values())).shape[0]
+    x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    schedule = model.schedule
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with weights_in_precision(model, speed):
+        ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(2, schedule.num_timesteps), eta=0.0)
+        if cuda:
+            torch.cuda.synchronize(device)
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(steps, schedule.num_timesteps), eta=0.0)
+            if cuda:
+                torch.cuda.synchronize(device)
+            wall_ms = (time.perf_counter() - start) * 1e3
+    averages = prof.key_averages()
+    if cuda:
+        busy = kernel_time_ms(averages) / steps
+        sort_by = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
+    else:
+        busy, sort_by = None, "self_cpu_time_total"
+    return SamplingProfile(batch, steps, wall_ms / steps, busy, sort_by, averages.table(sort_by=sort_by, row_limit=rows))
 
 
 def count_flops(fn: Callable[[], Any]) -> float:
@@ -551,6 +614,11 @@ def benchmark(settings: BenchmarkSettings, log: Callable[[str], None] = logger.i
             log(_row_line(row))
     if settings.reference:
         report.agreements = agreements(outputs, TOLERANCE[fast.precision])
+    if settings.profile_batch is not None:  # the fast path's options are applied (the last path measured)
+        b = settings.profile_batch
+        ctx = contexts.get(b) or encode_contexts(model, random_conditions(model, b, cond_gen))
+        report.profile = profile_sampling(model, ctx, method, fast, settings.profile_steps, settings.seed)
+        log(f"profiled {settings.profile_steps} sampling steps at batch {b}")
     if settings.equal_quality:  # the fast path's options are applied (the last path measured)
         for b in settings.batch_sizes:
             row = run_equal_quality(model, contexts[b], method, fast, settings.seed)
@@ -679,6 +747,20 @@ def speedups(report: BenchmarkReport) -> list[dict[str, Any]]:
     return out
 
 
+def profile_summary(report: BenchmarkReport) -> str:
+    """One line on the profile: the profiled step time and, on CUDA, the GPU kernels' time per step."""
+    pr = report.profile
+    line = (f"profile (fast path, sampling, batch {pr.batch}, {pr.steps} steps): {pr.profiled_ms_per_step:.1f} ms/step "
+            f"under the profiler")
+    if pr.device_busy_ms_per_step is not None:
+        measured = [m.ms_per_step for m in report.measurements
+                    if m.path == "fast" and m.task == "sampling" and m.batch == pr.batch and m.error is None]
+        line += f"; GPU kernels {pr.device_busy_ms_per_step:.1f} ms/step"
+        if measured:
+            line += f" = {100 * pr.device_busy_ms_per_step / measured[0]:.0f}% of the {measured[0]:.1f} ms measured without it"
+    return line + f"; top operations by {pr.sorted_by} in the JSON report (profile.table) or --profile-out"
+
+
 def format_report(report: BenchmarkReport) -> str:
     """The report as plain-text tables (the script prints it)."""
     m = report.machine
@@ -721,6 +803,8 @@ def format_report(report: BenchmarkReport) -> str:
         for eq in report.equal_quality:
             lines.append(f"  batch {eq.batch:>3}: {eq.released}: {eq.released_images_per_s:.3f} img/s; {eq.recommended}: "
                          f"{eq.recommended_images_per_s:.3f} img/s; speed-up {eq.speedup:.2f}x")
+    if report.profile is not None:
+        lines += ["", profile_summary(report)]
     if report.agreements:
         lines += ["", "agreement of the fast path with the reference (relative L2; losses: relative difference):"]
         for a in report.agreements:

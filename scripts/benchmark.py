@@ -22,6 +22,9 @@ Examples:
   # bf16 sampling with the weights held in bf16 (the default) and with autocast casting them at every call
   python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cpu --batch-sizes 1 --steps 4 \
       --repeats 2 --warmup 1 --precision bf16 --channels-last --no-flops [--no-held-weights]
+  # where a step's time goes: torch.profiler over 5 fast-path steps at batch 16 (top operations, GPU busy time)
+  python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cuda --batch-sizes 16 --steps 20 \
+      --precision bf16 --channels-last --profile-batch 16 --profile-out profile_b16.txt
   # the tiny chain, in seconds
   python scripts/benchmark.py --config configs/tiny/codiff.yaml --batch-sizes 1 --steps 4 --reference --train
 """
@@ -32,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ldm.benchmark import BenchmarkSettings, benchmark, format_report
+from ldm.benchmark import BenchmarkSettings, benchmark, format_report, profile_summary
 from ldm.cli import main_guard, make_parser, setup_logging
 from ldm.errors import UserError
 from ldm.speed import SpeedOptions
@@ -64,6 +67,11 @@ def parse(argv):
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s at this precision, for the fraction achieved")
     p.add_argument("--no-flops", action="store_true", help="do not count FLOPs (saves one step per network)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, conditions and x_T")
+    p.add_argument("--profile-batch", type=int, default=None,
+                   help="after the measurements, torch.profiler over --profile-steps sampling steps of the fast path at "
+                        "this batch size: the top operations and, on CUDA, the ms of each step the GPU was busy")
+    p.add_argument("--profile-steps", type=int, default=5, help="sampling steps to profile (default 5)")
+    p.add_argument("--profile-out", default=None, help="write the profile's table of top operations to this text file")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     return p.parse_args(argv)
@@ -75,7 +83,11 @@ def main(argv=None):
     setup_logging()
     if not 1 <= args.steps <= 1000 or args.warmup < 0 or args.repeats < 1 or args.train_steps < 1:
         raise UserError("--steps must be 1-1000, --warmup >= 0, --repeats >= 1 and --train-steps >= 1")
-    if min(args.batch_sizes + (args.train_batch_sizes or [])) < 1:
+    if args.profile_out and args.profile_batch is None:
+        raise UserError("--profile-out needs --profile-batch B (the batch size to profile)")
+    if args.profile_steps < 1:
+        raise UserError("--profile-steps must be >= 1")
+    if min(args.batch_sizes + (args.train_batch_sizes or []) + ([args.profile_batch] if args.profile_batch is not None else [])) < 1:
         raise UserError("batch sizes must be positive")
     speed = SpeedOptions(precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                          attention=args.attention, checkpointing=args.checkpointing == "on", streams=not args.no_streams,
@@ -85,11 +97,14 @@ def main(argv=None):
         steps=args.steps, warmup=args.warmup, repeats=args.repeats, train=args.train,
         train_batch_sizes=args.train_batch_sizes, train_steps=args.train_steps, reference=args.reference,
         speed=speed, peak_tflops=args.peak_tflops, count_flops=not args.no_flops, seed=args.seed,
-        equal_quality=args.equal_quality,
+        equal_quality=args.equal_quality, profile_batch=args.profile_batch, profile_steps=args.profile_steps,
     )
     report = benchmark(settings, log=print)
     print()
     print(format_report(report))
+    if args.profile_out and report.profile is not None:
+        Path(args.profile_out).write_text(profile_summary(report) + "\n\n" + report.profile.table + "\n")
+        print(f"wrote {args.profile_out}")
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"wrote {args.json}")

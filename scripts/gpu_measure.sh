@@ -2,7 +2,8 @@
 # The GPU measurements of docs/performance.md in one run (about 6 minutes on one H200):
 #   1. paper-scale 256x256 collaborative sampling (2 x 403.6M experts + 2 x 13.1M diffusers, DDIM 50) at batch
 #      1, 16 and 32, and a training step of every stage at batch 8: the fast path (bf16, fused attention,
-#      channels_last, CUDA streams) against the reference path in the same process, with agreement checks;
+#      channels_last, CUDA streams) against the reference path in the same process, with agreement checks,
+#      and a torch.profiler profile of the fast path at batch 16 (top operations; the kernels' share of a step);
 #   2. FaceWorld evaluation with the shipped models on 200 held-out pairs, fp32 and bf16, compared;
 #   3. the fp32 evaluation sharded over 2 processes (torchrun) on the same device, compared sample by sample
 #      with the single-process run;
@@ -17,7 +18,8 @@
 #   OUT_DIR=outputs/gpu_h200 DATA=/data/faceworld bash scripts/gpu_measure.sh
 #
 # DATA is a FaceWorld (python scripts/make_faceworld.py --out DATA --num 10000 --seed 0 is the shipped one; only
-# its first 200 test pairs are read). Summaries: OUT_DIR/bench.json, bench_cast_per_call.json, bench_compile.json, compare_bf16.json,
+# its first 200 test pairs are read). Summaries: OUT_DIR/bench.json, profile_fast_b16.txt, bench_cast_per_call.json,
+# bench_compile.json, compare_bf16.json,
 # compare_sharded.json, and every evaluation's results.md.
 set -uo pipefail
 OUT_DIR=${OUT_DIR:-outputs/gpu_measure}
@@ -29,9 +31,9 @@ export LDM_PROGRESS=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
 
 if [ "$SIZE" = tiny ]; then
-    CONFIG=configs/tiny/codiff.yaml; BATCHES="1 2"; TRAIN_BATCH=2; STEPS=4; NUM=8; EVAL_BATCH=4; EVAL_STEPS=5
+    CONFIG=configs/tiny/codiff.yaml; BATCHES="1 2"; PROFILE_BATCH=2; TRAIN_BATCH=2; STEPS=4; NUM=8; EVAL_BATCH=4; EVAL_STEPS=5
 else
-    CONFIG=configs/256_codiff_mask_text.yaml; BATCHES="1 16 32"; TRAIN_BATCH=8; STEPS=50; NUM=200; EVAL_BATCH=50; EVAL_STEPS=50
+    CONFIG=configs/256_codiff_mask_text.yaml; BATCHES="1 16 32"; PROFILE_BATCH=16; TRAIN_BATCH=8; STEPS=50; NUM=200; EVAL_BATCH=50; EVAL_STEPS=50
 fi
 EVAL="scripts/evaluate.py --config checkpoints/faceworld/codiff.yaml --ckpt checkpoints/faceworld/codiff.safetensors
       --data $DATA --num-pairs $NUM --batch-size $EVAL_BATCH --seed 0 --steps $EVAL_STEPS --device $DEVICE"
@@ -58,7 +60,7 @@ cat "$OUT_DIR/env.txt"
 
 step bench $PY scripts/benchmark.py --config $CONFIG --device $DEVICE --batch-sizes $BATCHES --steps $STEPS \
     --precision bf16 --channels-last --reference --train --train-batch-sizes $TRAIN_BATCH --peak-tflops 790 \
-    --json "$OUT_DIR/bench.json"
+    --profile-batch $PROFILE_BATCH --profile-out "$OUT_DIR/profile_fast_b$PROFILE_BATCH.txt" --json "$OUT_DIR/bench.json"
 step eval_fp32 $PY $EVAL --out "$OUT_DIR/eval_fp32"
 step eval_bf16 $PY $EVAL --precision bf16 --out "$OUT_DIR/eval_bf16"
 step compare_bf16 $PY scripts/compare_evaluations.py "$OUT_DIR/eval_fp32" "$OUT_DIR/eval_bf16" --json "$OUT_DIR/compare_bf16.json"

@@ -206,6 +206,42 @@ def test_benchmark_script_tiny_reference_and_train(tmp_path, capsys):
     assert ops["reference"] > ops["fast"] > 0 and "aten operations per sampling step" in printed
 
 
+def test_benchmark_profile_writes_the_top_operations(tmp_path, capsys):
+    out, table = tmp_path / "bench.json", tmp_path / "profile.txt"
+    rc = script("benchmark").main([
+        "--config", CONFIG, "--device", "cpu", "--batch-sizes", "1", "--steps", "2", "--warmup", "0", "--no-flops",
+        "--profile-batch", "2", "--profile-steps", "2", "--profile-out", str(table), "--json", str(out),
+    ])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "profile (fast path, sampling, batch 2, 2 steps)" in printed
+    profile = json.loads(out.read_text())["profile"]
+    assert profile["batch"] == 2 and profile["profiled_ms_per_step"] > 0
+    assert profile["device_busy_ms_per_step"] is None  # only CUDA reports the device's own time
+    text = table.read_text()
+    assert "Self CPU" in text and "aten::" in text  # torch.profiler's table of the top operations
+
+
+def test_kernel_time_counts_the_device_events_only():
+    from types import SimpleNamespace as Event
+
+    from ldm.benchmark import kernel_time_ms
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [
+        Event(device_type=cuda, self_device_time_total=1500.0, is_user_annotation=False),  # a kernel, 1.5 ms
+        Event(device_type=cuda, self_device_time_total=500.0, is_user_annotation=False),
+        Event(device_type=cpu, self_device_time_total=2000.0, is_user_annotation=False),  # aten::mm that launched them
+        Event(device_type=cuda, self_device_time_total=9000.0, is_user_annotation=True),  # a range, not a kernel
+    ]
+    assert kernel_time_ms(events) == pytest.approx(2.0)
+
+
+def test_benchmark_profile_flags_are_checked(capsys):
+    rc = script("benchmark").main(["--config", CONFIG, "--profile-out", "p.txt"])
+    assert rc == 2 and "--profile-batch" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["benchmark", "generate", "evaluate"])
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
