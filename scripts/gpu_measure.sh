@@ -9,7 +9,10 @@
 #      with the single-process run;
 #   4. the sampling of 1. at batch 1 and 16 with autocast casting the weights at every call (--no-held-weights),
 #      against 1.'s default of holding them in bf16 while sampling;
-#   5. the sampling of 1. at batch 16 with torch.compile (fast path only; compiled in the warm-up; capped at
+#   5. the FaceWorld networks (checkpoints/faceworld/codiff.yaml, random weights): a training step of every stage
+#      at batch 32 and 128 and a sampling step at batch 50, i.e. what the FaceWorld recipe, or a longer one, costs
+#      on a GPU;
+#   6. the sampling of 1. at batch 16 with torch.compile (fast path only; compiled in the warm-up; capped at
 #      COMPILE_TIMEOUT=200 s).
 # A failing step is reported and the others still run; each step's output is in OUT_DIR/<step>.log.
 #
@@ -19,7 +22,7 @@
 #
 # DATA is a FaceWorld (python scripts/make_faceworld.py --out DATA --num 10000 --seed 0 is the shipped one; only
 # its first 200 test pairs are read). Summaries: OUT_DIR/bench.json, profile_fast_b16.txt, bench_cast_per_call.json,
-# bench_compile.json, compare_bf16.json,
+# bench_faceworld.json, bench_compile.json, compare_bf16.json,
 # compare_sharded.json, and every evaluation's results.md.
 set -uo pipefail
 OUT_DIR=${OUT_DIR:-outputs/gpu_measure}
@@ -31,9 +34,9 @@ export LDM_PROGRESS=0 PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
 
 if [ "$SIZE" = tiny ]; then
-    CONFIG=configs/tiny/codiff.yaml; BATCHES="1 2"; PROFILE_BATCH=2; TRAIN_BATCH=2; STEPS=4; NUM=8; EVAL_BATCH=4; EVAL_STEPS=5
+    CONFIG=configs/tiny/codiff.yaml; BATCHES="1 2"; PROFILE_BATCH=2; FW_TRAIN="2"; FW_SAMPLE=2; TRAIN_BATCH=2; STEPS=4; NUM=8; EVAL_BATCH=4; EVAL_STEPS=5
 else
-    CONFIG=configs/256_codiff_mask_text.yaml; BATCHES="1 16 32"; PROFILE_BATCH=16; TRAIN_BATCH=8; STEPS=50; NUM=200; EVAL_BATCH=50; EVAL_STEPS=50
+    CONFIG=configs/256_codiff_mask_text.yaml; BATCHES="1 16 32"; PROFILE_BATCH=16; FW_TRAIN="32 128"; FW_SAMPLE=50; TRAIN_BATCH=8; STEPS=50; NUM=200; EVAL_BATCH=50; EVAL_STEPS=50
 fi
 EVAL="scripts/evaluate.py --config checkpoints/faceworld/codiff.yaml --ckpt checkpoints/faceworld/codiff.safetensors
       --data $DATA --num-pairs $NUM --batch-size $EVAL_BATCH --seed 0 --steps $EVAL_STEPS --device $DEVICE"
@@ -70,6 +73,8 @@ step compare_sharded $PY scripts/compare_evaluations.py "$OUT_DIR/eval_fp32" "$O
     --json "$OUT_DIR/compare_sharded.json"
 step bench_cast_per_call $PY scripts/benchmark.py --config $CONFIG --device $DEVICE --batch-sizes ${BATCHES% *} \
     --steps $STEPS --precision bf16 --channels-last --no-held-weights --no-flops --json "$OUT_DIR/bench_cast_per_call.json"
+step bench_faceworld $PY scripts/benchmark.py --config checkpoints/faceworld/codiff.yaml --device $DEVICE \
+    --batch-sizes $FW_SAMPLE --steps 20 --train --train-batch-sizes $FW_TRAIN --train-steps 5 --json "$OUT_DIR/bench_faceworld.json"
 # last, and capped: compilation time is what varies most between machines
 step bench_compile timeout ${COMPILE_TIMEOUT:-200} $PY scripts/benchmark.py --config $CONFIG --device $DEVICE \
     --batch-sizes 16 --steps $STEPS --precision bf16 --channels-last --compile --no-flops --json "$OUT_DIR/bench_compile.json"
