@@ -47,7 +47,6 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ldm.config import instantiate, load_config
 from ldm.diffusion.ddim import ddim_sample, ddim_timesteps
@@ -57,6 +56,7 @@ from ldm.models.common import step_generator
 from ldm.models.latent_diffusion import LatentDiffusion
 from ldm.modules.encoders import MaskEncoder, TextEncoder
 from ldm.pipeline import make_eps_fn
+from ldm.profiling import count_flops, count_operations, profile_call
 from ldm.speed import SpeedOptions, apply_speed_options, autocast, weights_in_precision
 
 logger = logging.getLogger(__name__)
@@ -288,24 +288,6 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-class _OperationCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def count_operations(fn: Callable[[], Any]) -> int:
-    """How many aten operations one call of ``fn`` dispatches (casts and views included)."""
-    counter = _OperationCounter()
-    with counter:
-        fn()
-    return counter.count
-
-
 @torch.no_grad()
 def sampling_operations(model: nn.Module, method: str, speed: SpeedOptions, seed: int) -> int:
     """Aten operations of one sampling step at batch 1 with ``speed`` (already applied to ``model``)."""
@@ -318,59 +300,21 @@ def sampling_operations(model: nn.Module, method: str, speed: SpeedOptions, seed
         return count_operations(lambda: eps_fn(x, t))
 
 
-def _device_time_us(event: Any) -> float:
-    """An averaged profiler event's own device time in µs (``self_cuda_time_total`` before torch 2.4's rename)."""
-    value = getattr(event, "self_device_time_total", None)
-    return float(value if value is not None else getattr(event, "self_cuda_time_total", 0.0))
-
-
-def kernel_time_ms(events: Sequence[Any]) -> float:
-    """The CUDA kernels' own time in profiler ``events``, in ms: the events on the device, as torch's own table
-    totals them (the CPU-side operators that launched them also carry their time, and are left out)."""
-    return sum(_device_time_us(e) for e in events
-               if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)) / 1e3
-
-
 @torch.no_grad()
 def profile_sampling(model: nn.Module, contexts: dict[str, torch.Tensor], method: str, speed: SpeedOptions,
                      steps: int, seed: int, rows: int = 25) -> SamplingProfile:
     """``torch.profiler`` over ``steps`` DDIM steps (eta 0) after a 2-step warm-up, with ``speed`` applied."""
-    from torch.profiler import ProfilerActivity, profile
-
     device = next(model.parameters()).device
-    cuda = device.type == "cuda"
     eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
     batch = next(iter(contexts.values())).shape[0]
     x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
     schedule = model.schedule
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with weights_in_precision(model, speed):
         ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(2, schedule.num_timesteps), eta=0.0)
-        if cuda:
-            torch.cuda.synchronize(device)
-        with profile(activities=activities) as prof:
-            start = time.perf_counter()
-            ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(steps, schedule.num_timesteps), eta=0.0)
-            if cuda:
-                torch.cuda.synchronize(device)
-            wall_ms = (time.perf_counter() - start) * 1e3
-    averages = prof.key_averages()
-    if cuda:
-        busy = kernel_time_ms(averages) / steps
-        sort_by = "self_device_time_total" if hasattr(averages[0], "self_device_time_total") else "self_cuda_time_total"
-    else:
-        busy, sort_by = None, "self_cpu_time_total"
-    return SamplingProfile(batch, steps, wall_ms / steps, busy, sort_by, averages.table(sort_by=sort_by, row_limit=rows))
-
-
-def count_flops(fn: Callable[[], Any]) -> float:
-    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), by ``FlopCounterMode``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return float(counter.get_total_flops())
+        prof = profile_call(lambda: ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(steps, schedule.num_timesteps), eta=0.0),
+                            device, rows)
+    busy = None if prof.kernel_ms is None else prof.kernel_ms / steps
+    return SamplingProfile(batch, steps, prof.wall_ms / steps, busy, prof.sorted_by, prof.table)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -225,7 +225,7 @@ def test_benchmark_profile_writes_the_top_operations(tmp_path, capsys):
 def test_kernel_time_counts_the_device_events_only():
     from types import SimpleNamespace as Event
 
-    from ldm.benchmark import kernel_time_ms
+    from ldm.profiling import kernel_time_ms
 
     cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
     events = [
