@@ -81,6 +81,9 @@ class Pair:
     seg_mask: torch.Tensor  # one-hot [19, 1024]
 
 
+FACEWORLD_RESOLUTION = 64  # the shipped FaceWorld models' image size
+
+
 def faceworld_test_split(num: int, test_size: Optional[int] = None) -> range:
     """The indices of a FaceWorld's test split: the last ``test_size`` (default a tenth, as make_faceworld)."""
     return range(num - (max(1, num // 10) if test_size is None else test_size), num)
@@ -99,7 +102,7 @@ def faceworld_pairs(seed: int, num: int, count: int, test_size: Optional[int] = 
                 chosen.append(i)
                 seen.add(key)
     return [Pair(str(i), faceworld.make_caption(faceworld.sample_factors(seed, i)),
-                 index_mask_to_onehot(faceworld.render_sample(seed, i, 64).mask)) for i in chosen]
+                 index_mask_to_onehot(faceworld.render_sample(seed, i, FACEWORLD_RESOLUTION).mask)) for i in chosen]
 
 
 def dataset_pairs(root: str | Path, resolution: int, count: int) -> list[Pair]:

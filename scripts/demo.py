@@ -6,7 +6,8 @@ as released).
 
 With the shipped FaceWorld models (checkpoints/faceworld/, made by `make train-faceworld`) it samples
 from them (under a minute on a CPU) and also writes ``overview.png``: one column per pair, rows = mask,
-caption, collaborative, composable, text only, mask only. Without them (or with --tiny) it builds a
+caption, the FaceWorld test image the pair comes from (what following both conditions looks like),
+collaborative, composable, text only, mask only. Without them (or with --tiny) it builds a
 96-image FaceWorld at 32x32 and trains the tiny chain (VAE -> text and mask experts -> dynamic diffusers)
 for a few steps first: those pictures show that every stage runs, not what trained models produce.
 Everything is written under --out and the paths are printed.
@@ -28,12 +29,12 @@ from ldm.checkpoints import pretrained_overrides
 from ldm.cli import add_sampler_arguments, main_guard, make_parser, sampler_options, setup_logging, writable_dir
 from ldm.config import load_config
 from ldm.data.celeba import PreprocessedFaces
-from ldm.data.faceworld import make_faceworld
+from ldm.data.faceworld import make_faceworld, render_sample
 from ldm.diffusion.collaborative import CollaborativeOptions
 from ldm.diffusion.samplers import RECOMMENDED
 from ldm.figures import condition_tiles, write_comparison
 from ldm.images import grid, save_png, to_uint8
-from ldm.paper_figures import GenerationSettings, Pair, faceworld_pairs, influence_figure
+from ldm.paper_figures import FACEWORLD_RESOLUTION, GenerationSettings, Pair, faceworld_pairs, influence_figure
 from ldm.pipeline import load_model
 from ldm.training import LaunchOptions, train
 
@@ -41,7 +42,7 @@ logger = logging.getLogger("demo")
 CHAIN = ("vae", "text", "mask", "codiff")
 METHODS = ["collaborative", "composable", "text", "mask"]
 TINY_STEPS = 20  # the tiny chain's steps unless --steps is given
-OVERVIEW_TILE = 96  # px per overview tile: large enough for a whole caption
+OVERVIEW_TILE = 128  # px per overview tile: a whole caption fits, and 64-px images scale by a whole 2x
 SHIPPED = ("codiff.yaml", "codiff.safetensors", "text.safetensors", "mask.safetensors", "vae.safetensors", "recipe.json")
 
 
@@ -106,9 +107,11 @@ def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
         path = pair_dir / "grid.png"
         save_png(sample_grid(rows, pair_conditions, GRID_TILE), path)
         written.append(path)
-        columns.append(condition_tiles(pair_conditions, 0, OVERVIEW_TILE) + [to_uint8(rows[m][0]) for m in METHODS])
-    path = out / "overview.png"  # one column per pair; rows: mask, caption, then each method's first sample
-    save_png(grid([list(r) for r in zip(*columns)], OVERVIEW_TILE, labels=["mask", "caption", "collaborative", "composable", "text only", "mask only"]), path)
+        real = render_sample(int(data.get("seed", 0)), int(name), FACEWORLD_RESOLUTION).image  # the pair's own test image
+        columns.append(condition_tiles(pair_conditions, 0, OVERVIEW_TILE) + [real] + [to_uint8(rows[m][0]) for m in METHODS])
+    path = out / "overview.png"  # one column per pair; rows: mask, caption, test image, each method's first sample
+    labels = ["mask", "caption", "FaceWorld image", "collaborative", "composable", "text only", "mask only"]
+    save_png(grid([list(r) for r in zip(*columns)], OVERVIEW_TILE, labels=labels), path)
     return written + [path]
 
 

@@ -6,11 +6,15 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from ldm.checkpoints import pretrained
+from ldm.data.faceworld import render_sample
+from ldm.images import resize_nearest
 from ldm.pipeline import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +82,15 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     assert demo.main(["--checkpoints", str(export), "--out", str(tmp_path / "demo"), "--pairs", "2", "--samples", "1", "--steps", "2"]) == 0
     printed = capsys.readouterr().out.split()
     assert str(tmp_path / "demo" / "overview.png") in printed and sum(p.endswith("grid.png") for p in printed) == 2
+    # overview rows: mask, caption, the pair's own FaceWorld test image, then the four methods
+    overview = np.asarray(Image.open(tmp_path / "demo" / "overview.png"))
+    tile, pad = demo.OVERVIEW_TILE, 2
+    assert overview.shape[0] == 7 * (tile + pad) + pad
+    data = summary["stages"]["data"]
+    first = demo.test_pairs(int(data.get("seed", 0)), int(data["num"]), 2)[0][0]
+    real = render_sample(int(data.get("seed", 0)), int(first), demo.FACEWORLD_RESOLUTION).image
+    y, x = pad + 2 * (tile + pad), overview.shape[1] - 2 * (tile + pad)  # third row, first of the two columns
+    assert np.array_equal(overview[y:y + tile, x:x + tile], resize_nearest(real, tile))
     assert any(p.endswith("influence_text.png") for p in printed)
     assert any(p.endswith("influence/influence.png") for p in printed)  # the labelled figure (timesteps, colour scale)
 
