@@ -61,7 +61,7 @@ demo: venv
 figures: venv
 	LDM_PROGRESS=0 $(PY) scripts/figures.py --out docs/figures
 
-# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: about 2.4 hours (146 min for the shipped models, recipe sections 22 and 23) on 2 CPU cores, fixed seeds
+# Train the shipped FaceWorld models (checkpoints/faceworld/) from scratch: about 2.5 hours (149.5 min for the shipped models, recipe sections 22 to 24) on 2 CPU cores, fixed seeds
 # (docs/faceworld_recipe.md); give it the machine to itself.
 train-faceworld: venv
 	LDM_PROGRESS=0 $(PY) scripts/train_faceworld.py --work outputs/faceworld_train --export checkpoints/faceworld

@@ -7,7 +7,8 @@ file              what                                                          
 teaser.png        mask + caption -> faces, several conditions, the collaborative  Fig. 1(a); the slides' "Visual
                   sampler only                                                    Results: Generation"
 comparison.png    collaborative, composable, text only, mask only on the same     the qualitative generation
-                  conditions, x_T and sampler noise (one row per condition)       comparison; supp. Fig. A1/A2
+                  conditions, x_T and sampler noise (one row per condition),      comparison; supp. Fig. A1/A2
+                  beside the test image the conditions come from
 influence_a.png   each modality's influence map (its softmax weight at every      supplementary Fig. A4 (a)-(f)
 influence_b.png   latent pixel) at selected sampler steps, with the decoded x_t   supplementary Fig. A5
 editing.png       α sweeps of the text, mask and collaborative Imagic edits of     Fig. 1(b), supp. Fig. A3, and the
@@ -79,6 +80,7 @@ class Pair:
     name: str
     text: str
     seg_mask: torch.Tensor  # one-hot [19, 1024]
+    image: Optional[np.ndarray] = None  # the test image the condition comes from, uint8 [H, W, 3], when known
 
 
 FACEWORLD_RESOLUTION = 64  # the shipped FaceWorld models' image size
@@ -101,13 +103,17 @@ def faceworld_pairs(seed: int, num: int, count: int, test_size: Optional[int] = 
             if len(chosen) < count and i not in chosen and (key not in seen or not strict):
                 chosen.append(i)
                 seen.add(key)
-    return [Pair(str(i), faceworld.make_caption(faceworld.sample_factors(seed, i)),
-                 index_mask_to_onehot(faceworld.render_sample(seed, i, FACEWORLD_RESOLUTION).mask)) for i in chosen]
+    pairs = []
+    for i in chosen:
+        face = faceworld.render_sample(seed, i, FACEWORLD_RESOLUTION)
+        pairs.append(Pair(str(i), faceworld.make_caption(faceworld.sample_factors(seed, i)),
+                          index_mask_to_onehot(face.mask), face.image))
+    return pairs
 
 
 def dataset_pairs(root: str | Path, resolution: int, count: int) -> list[Pair]:
     """``count`` test-split pairs of a folder in the preprocessed layout, distinct captions first."""
-    data = PreprocessedFaces(str(root), split="test", resolution=resolution, keys=["text", "seg_mask"])
+    data = PreprocessedFaces(str(root), split="test", resolution=resolution, keys=["image", "text", "seg_mask"])
     if len(data) == 0:
         raise DataError(f"{root}: the test split is empty; give a data folder with test pairs")
     order, seen = [], set()
@@ -117,7 +123,8 @@ def dataset_pairs(root: str | Path, resolution: int, count: int) -> list[Pair]:
             if len(order) < count and i not in order and (caption not in seen or not strict):
                 order.append(i)
                 seen.add(caption)
-    return [Pair(data.names[i], data[i]["text"], data[i]["seg_mask"]) for i in order]
+    items = [data[i] for i in order]
+    return [Pair(data.names[i], item["text"], item["seg_mask"], to_uint8(item["image"])) for i, item in zip(order, items)]
 
 
 @dataclass(frozen=True)
@@ -247,19 +254,23 @@ def teaser_figure(pairs: Sequence[Pair], samples: Sequence[torch.Tensor], settin
 
 def comparison_figure(pairs: Sequence[Pair], by_method: Mapping[str, torch.Tensor], settings: GenerationSettings,
                       size: int, model_name: str) -> Figure:
-    """One row per condition: mask, caption, then each method's sample (``by_method``: ``[P, 3, H, W]`` each, from
-    the same seed)."""
+    """One row per condition: mask, caption, the test image the condition comes from (when every pair has one),
+    then each method's sample (``by_method``: ``[P, 3, H, W]`` each, from the same seed)."""
     methods = list(by_method)
-    rows = [[mask_panel(p.seg_mask), text_panel(p.text, size)] + [to_uint8(by_method[m][i]) for m in methods]
-            for i, p in enumerate(pairs)]
+    reference = all(p.image is not None for p in pairs)
+    first = 3 if reference else 2  # the first method's column
+    rows = [[mask_panel(p.seg_mask), text_panel(p.text, size)] + ([p.image] if reference else [])
+            + [to_uint8(by_method[m][i]) for m in methods] for i, p in enumerate(pairs)]
     return panel_grid(
-        rows, size=size, smooth={(r, 0): False for r in range(len(pairs))}, column_gaps=(1,),
+        rows, size=size, smooth={(r, 0): False for r in range(len(pairs))}, column_gaps=(first - 1,),
         title=f"Collaborative vs. composable vs. one expert alone, same conditions and seeds ({model_name})",
-        column_labels=["mask condition", "text condition"] + [METHOD_LABELS.get(m, m) for m in methods],
+        column_labels=["mask condition", "text condition"] + (["test image (reference)"] if reference else [])
+        + [METHOD_LABELS.get(m, m) for m in methods],
         row_labels=[f"condition {p.name}" for p in pairs],
-        x_label_columns=(2, 1 + len(methods)), x_label="method (each row: the same x_T and sampler noise for every method)",
-        footnote=f"composable: the experts' noise predictions with equal global weights; text only / mask only: one "
-                 f"expert with its own condition. {describe(settings)}.",
+        x_label_columns=(first, first - 1 + len(methods)), x_label="method (each row: the same x_T and sampler noise for every method)",
+        footnote=(f"test image: the held-out image the mask and caption were taken from, what following both looks like. "
+                  if reference else "") + f"composable: the experts' noise predictions with equal global weights; text "
+                 f"only / mask only: one expert with its own condition. {describe(settings)}.",
     )
 
 

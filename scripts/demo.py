@@ -29,12 +29,12 @@ from ldm.checkpoints import pretrained_overrides
 from ldm.cli import add_sampler_arguments, main_guard, make_parser, sampler_options, setup_logging, writable_dir
 from ldm.config import load_config
 from ldm.data.celeba import PreprocessedFaces
-from ldm.data.faceworld import make_faceworld, render_sample
+from ldm.data.faceworld import make_faceworld
 from ldm.diffusion.collaborative import CollaborativeOptions
 from ldm.diffusion.samplers import RECOMMENDED
 from ldm.figures import condition_tiles, write_comparison
 from ldm.images import grid, save_png, to_uint8
-from ldm.paper_figures import FACEWORLD_RESOLUTION, GenerationSettings, Pair, faceworld_pairs, influence_figure
+from ldm.paper_figures import GenerationSettings, faceworld_pairs, influence_figure
 from ldm.pipeline import load_model
 from ldm.training import LaunchOptions, train
 
@@ -52,12 +52,6 @@ def chain_overrides(name: str, data_root: Path, runs: Path) -> list[str]:
     return [f"data.train.params.root={data_root}", *pretrained_overrides(name, ckpts)]
 
 
-def test_pairs(seed: int, num: int, count: int) -> list[tuple[str, str, object]]:
-    """``count`` test-split pairs (name, caption, one-hot mask [19, 1024]) of the FaceWorld (seed, num)
-    (:func:`ldm.paper_figures.faceworld_pairs`: rendered on their own, (gender, age, beard) differing where possible)."""
-    return [(p.name, p.text, p.seg_mask) for p in faceworld_pairs(seed, num, count)]
-
-
 def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
     """Sample from the shipped FaceWorld models; returns the figures written.
 
@@ -69,11 +63,12 @@ def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
     recipe = json.loads((ckpt_dir / "recipe.json").read_text())
     data = recipe["stages"]["data"]
     model = load_model(ckpt_dir / "codiff.yaml", ckpt_dir / "codiff.safetensors", "cpu")
-    pairs = test_pairs(int(data.get("seed", 0)), int(data["num"]), args.pairs)
+    # FaceWorld test pairs, rendered on their own, (gender, age, beard) differing where possible, with their images
+    pairs = faceworld_pairs(int(data.get("seed", 0)), int(data["num"]), args.pairs)
     k = args.samples
     conditions = {
-        "seg_mask": torch.cat([mask.unsqueeze(0).repeat(k, 1, 1) for _, _, mask in pairs]),  # [P*k, 19, 1024]
-        "text": [caption for _, caption, _ in pairs for _ in range(k)],
+        "seg_mask": torch.cat([p.seg_mask.unsqueeze(0).repeat(k, 1, 1) for p in pairs]),  # [P*k, 19, 1024]
+        "text": [p.text for p in pairs for _ in range(k)],
     }
     options = CollaborativeOptions.from_preset(args.preset)
     images, written = {}, []
@@ -86,17 +81,17 @@ def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
         if result.trace is not None:
             decode = lambda z: model.decode_latents(z.to(model.device)).cpu()  # noqa: E731
             first = {"seg_mask": conditions["seg_mask"][:1], "text": conditions["text"][:1]}
-            influence_dir = out / f"pair0_{pairs[0][0]}" / "influence"
+            influence_dir = out / f"pair0_{pairs[0].name}" / "influence"
             written += save_influence_figures(result.trace, decode, first, result.images, influence_dir)
             # the same maps as a figure that explains itself: timesteps on the axis, one colour scale
             settings = GenerationSettings(sampling=args.sampling, preset=args.preset, seed=args.seed)
-            figure = influence_figure(Pair(*pairs[0]), result.trace, 0, result.images[0], decode, settings, 128,
+            figure = influence_figure(pairs[0], result.trace, 0, result.images[0], decode, settings, 128,
                                       "shipped FaceWorld models", "supplementary Fig. A4")
             save_png(figure.image, influence_dir / "influence.png")
             written.append(influence_dir / "influence.png")
     columns = []
-    for i, (name, _, _) in enumerate(pairs):
-        pair_dir = out / f"pair{i}_{name}"
+    for i, pair in enumerate(pairs):
+        pair_dir = out / f"pair{i}_{pair.name}"
         rows = {m: images[m][i * k:(i + 1) * k] for m in METHODS}
         for m, batch in rows.items():
             for j, image in enumerate(batch):
@@ -107,8 +102,7 @@ def shipped_demo(args, out: Path, ckpt_dir: Path) -> list[Path]:
         path = pair_dir / "grid.png"
         save_png(sample_grid(rows, pair_conditions, GRID_TILE), path)
         written.append(path)
-        real = render_sample(int(data.get("seed", 0)), int(name), FACEWORLD_RESOLUTION).image  # the pair's own test image
-        columns.append(condition_tiles(pair_conditions, 0, OVERVIEW_TILE) + [real] + [to_uint8(rows[m][0]) for m in METHODS])
+        columns.append(condition_tiles(pair_conditions, 0, OVERVIEW_TILE) + [pair.image] + [to_uint8(rows[m][0]) for m in METHODS])
     path = out / "overview.png"  # one column per pair; rows: mask, caption, test image, each method's first sample
     labels = ["mask", "caption", "FaceWorld image", "collaborative", "composable", "text only", "mask only"]
     save_png(grid([list(r) for r in zip(*columns)], OVERVIEW_TILE, labels=labels), path)

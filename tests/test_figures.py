@@ -57,9 +57,10 @@ def test_every_figure_written_with_its_layout(figures):
             assert left + w <= image.shape[1] and top + h <= image.shape[0]
     assert m["teaser"]["rows"] == ["mask condition", "text condition", "collaborative, seed 0", "collaborative, seed 1"]
     assert len(m["teaser"]["columns"]) == 3 and len(m["teaser"]["panels"]) == 4 * 3
-    assert m["comparison"]["columns"] == ["mask condition", "text condition", "collaborative (ours)", "composable",
-                                          "text only", "mask only"]
-    assert len(m["comparison"]["rows"]) == 3 and len(m["comparison"]["panels"]) == 3 * 6
+    # the test image each condition comes from sits beside the conditions, as a reference for the methods
+    assert m["comparison"]["columns"] == ["mask condition", "text condition", "test image (reference)",
+                                          "collaborative (ours)", "composable", "text only", "mask only"]
+    assert len(m["comparison"]["rows"]) == 3 and len(m["comparison"]["panels"]) == 3 * 7
     # 4 DDIM steps (751, 501, 251, 1), 3 shown: the first, the last and one between
     assert m["influence_a"]["columns"] == ["condition / result", "t = 751", "t = 251", "t = 1"]
     assert len(m["influence_a"]["rows"]) == 3 and "mask" in m["influence_a"]["rows"][0] and "text" in m["influence_a"]["rows"][1]
@@ -83,6 +84,8 @@ def test_panels_hold_the_conditions_and_the_influence_colours(figures):
         strip = min(text_height([p.text for p in pairs], SIZE), SIZE)
         assert np.array_equal(panel(teaser, m["teaser"], 1, r), text_panel(pair.text, SIZE, strip))  # its caption
         assert np.array_equal(panel(comparison, m["comparison"], r, 1), text_panel(pair.text, SIZE))
+        assert pair.image is not None  # the data folder's own test image for that condition
+        assert np.array_equal(panel(comparison, m["comparison"], r, 2), fit_panel(pair.image, SIZE))
     edit, editing = faceworld_edit_input(1, 24, 32, test_size=5), load(figures, "editing")  # the chain's FaceWorld
     assert np.array_equal(panel(editing, m["editing"], 2, 0), fit_panel(np.asarray(edit.image), SIZE))
     assert np.array_equal(panel(editing, m["editing"], 1, 1), fit_panel(mask_panel(edit.source_mask), SIZE, smooth=False))

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from ldm.checkpoints import pretrained
 from ldm.data.faceworld import render_sample
 from ldm.images import resize_nearest
+from ldm.paper_figures import FACEWORLD_RESOLUTION, faceworld_pairs
 from ldm.pipeline import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +88,8 @@ def test_smoke_run_exports_loadable_models_and_resumes(tmp_path: Path, capsys):
     tile, pad = demo.OVERVIEW_TILE, 2
     assert overview.shape[0] == 7 * (tile + pad) + pad
     data = summary["stages"]["data"]
-    first = demo.test_pairs(int(data.get("seed", 0)), int(data["num"]), 2)[0][0]
-    real = render_sample(int(data.get("seed", 0)), int(first), demo.FACEWORLD_RESOLUTION).image
+    first = faceworld_pairs(int(data.get("seed", 0)), int(data["num"]), 2)[0].name
+    real = render_sample(int(data.get("seed", 0)), int(first), FACEWORLD_RESOLUTION).image
     y, x = pad + 2 * (tile + pad), overview.shape[1] - 2 * (tile + pad)  # third row, first of the two columns
     assert np.array_equal(overview[y:y + tile, x:x + tile], resize_nearest(real, tile))
     assert any(p.endswith("influence_text.png") for p in printed)
