@@ -136,7 +136,7 @@ class SamplingProfile:
     batch: int
     steps: int
     profiled_ms_per_step: float  # wall time under the profiler (which slows the host)
-    device_busy_ms_per_step: Optional[float]  # CUDA: the kernels' time per step (summed over streams); None elsewhere
+    kernel_ms_per_step: Optional[float]  # CUDA: the kernels' time per step (summed over streams); None elsewhere
     sorted_by: str
     table: str  # the top operations, torch's ``key_averages().table``
 
@@ -288,6 +288,16 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
+def _sampling_inputs(model: nn.Module, contexts: dict[str, torch.Tensor], method: str, speed: SpeedOptions,
+                     seed: int) -> tuple[Callable, torch.Tensor]:
+    """The fast path's ``eps_fn`` bound to ``contexts`` and the x_T of ``seed`` on the model's device."""
+    device = next(model.parameters()).device
+    eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
+    batch = next(iter(contexts.values())).shape[0]
+    x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    return eps_fn, x_T
+
+
 @torch.no_grad()
 def sampling_operations(model: nn.Module, method: str, speed: SpeedOptions, seed: int) -> int:
     """Aten operations of one sampling step at batch 1 with ``speed`` (already applied to ``model``)."""
@@ -304,17 +314,14 @@ def sampling_operations(model: nn.Module, method: str, speed: SpeedOptions, seed
 def profile_sampling(model: nn.Module, contexts: dict[str, torch.Tensor], method: str, speed: SpeedOptions,
                      steps: int, seed: int, rows: int = 25) -> SamplingProfile:
     """``torch.profiler`` over ``steps`` DDIM steps (eta 0) after a 2-step warm-up, with ``speed`` applied."""
-    device = next(model.parameters()).device
-    eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
-    batch = next(iter(contexts.values())).shape[0]
-    x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    eps_fn, x_T = _sampling_inputs(model, contexts, method, speed, seed)
     schedule = model.schedule
     with weights_in_precision(model, speed):
         ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(2, schedule.num_timesteps), eta=0.0)
         prof = profile_call(lambda: ddim_sample(eps_fn, x_T, schedule, ddim_timesteps(steps, schedule.num_timesteps), eta=0.0),
-                            device, rows)
+                            x_T.device, rows)
     busy = None if prof.kernel_ms is None else prof.kernel_ms / steps
-    return SamplingProfile(batch, steps, prof.wall_ms / steps, busy, prof.sorted_by, prof.table)
+    return SamplingProfile(x_T.shape[0], steps, prof.wall_ms / steps, busy, prof.sorted_by, prof.table)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -346,13 +353,9 @@ def run_sampling(
     steps: int, warmup: int, repeats: int, seed: int,
 ) -> SamplingRun:
     """Time ``steps`` DDIM steps (eta 0) from the x_T of ``seed``, after ``warmup`` untimed steps."""
-    device = next(model.parameters()).device
-    eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
-    batch = next(iter(contexts.values())).shape[0]
-    x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    schedule = model.schedule
+    eps_fn, x_T = _sampling_inputs(model, contexts, method, speed, seed)
     with weights_in_precision(model, speed):
-        return _timed_sampling(eps_fn, x_T, schedule, steps, warmup, repeats, device)
+        return _timed_sampling(eps_fn, x_T, model.schedule, steps, warmup, repeats, x_T.device)
 
 
 def _timed_sampling(eps_fn: Callable, x_T: torch.Tensor, schedule, steps: int, warmup: int, repeats: int,
@@ -589,10 +592,8 @@ def run_equal_quality(model: nn.Module, contexts: dict[str, torch.Tensor], metho
                       seed: int, released: SamplerOptions = RELEASED, recommended: SamplerOptions = RECOMMENDED) -> EqualQuality:
     """Images/s of whole runs of ``released`` and ``recommended`` from the same x_T, after one untimed
     2-step run of each (warm-up, compilation)."""
-    device = next(model.parameters()).device
-    eps_fn = make_eps_fn(model, contexts, method=method, speed=speed)
-    batch = next(iter(contexts.values())).shape[0]
-    x_T = torch.randn((batch, *model.vae.latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
+    eps_fn, x_T = _sampling_inputs(model, contexts, method, speed, seed)
+    batch = x_T.shape[0]
     with weights_in_precision(model, speed):
         for options in (released, recommended):
             warm = SamplerOptions(options.sampler, 2, options.spacing, options.eta)
@@ -696,12 +697,12 @@ def profile_summary(report: BenchmarkReport) -> str:
     pr = report.profile
     line = (f"profile (fast path, sampling, batch {pr.batch}, {pr.steps} steps): {pr.profiled_ms_per_step:.1f} ms/step "
             f"under the profiler")
-    if pr.device_busy_ms_per_step is not None:
+    if pr.kernel_ms_per_step is not None:
         measured = [m.ms_per_step for m in report.measurements
                     if m.path == "fast" and m.task == "sampling" and m.batch == pr.batch and m.error is None]
-        line += f"; GPU kernels {pr.device_busy_ms_per_step:.1f} ms/step"
+        line += f"; GPU kernels {pr.kernel_ms_per_step:.1f} ms/step"
         if measured:
-            line += f" = {100 * pr.device_busy_ms_per_step / measured[0]:.0f}% of the {measured[0]:.1f} ms measured without it"
+            line += f" = {100 * pr.kernel_ms_per_step / measured[0]:.0f}% of the {measured[0]:.1f} ms measured without it"
     return line + f"; top operations by {pr.sorted_by} in the JSON report (profile.table) or --profile-out"
 
 

@@ -22,7 +22,7 @@ Examples:
   # bf16 sampling with the weights held in bf16 (the default) and with autocast casting them at every call
   python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cpu --batch-sizes 1 --steps 4 \
       --repeats 2 --warmup 1 --precision bf16 --channels-last --no-flops [--no-held-weights]
-  # where a step's time goes: torch.profiler over 5 fast-path steps at batch 16 (top operations, GPU busy time)
+  # where a step's time goes: torch.profiler over 5 fast-path steps at batch 16 (top operations, the GPU kernels' time per step)
   python scripts/benchmark.py --config configs/256_codiff_mask_text.yaml --device cuda --batch-sizes 16 --steps 20 \
       --precision bf16 --channels-last --profile-batch 16 --profile-out profile_b16.txt
   # the tiny chain, in seconds
@@ -69,7 +69,7 @@ def parse(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, conditions and x_T")
     p.add_argument("--profile-batch", type=int, default=None,
                    help="after the measurements, torch.profiler over --profile-steps sampling steps of the fast path at "
-                        "this batch size: the top operations and, on CUDA, the ms of each step the GPU was busy")
+                        "this batch size: the top operations and, on CUDA, the GPU kernels' ms per step")
     p.add_argument("--profile-steps", type=int, default=5, help="sampling steps to profile (default 5)")
     p.add_argument("--profile-out", default=None, help="write the profile's table of top operations to this text file")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")

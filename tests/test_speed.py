@@ -217,7 +217,7 @@ def test_benchmark_profile_writes_the_top_operations(tmp_path, capsys):
     assert "profile (fast path, sampling, batch 2, 2 steps)" in printed
     profile = json.loads(out.read_text())["profile"]
     assert profile["batch"] == 2 and profile["profiled_ms_per_step"] > 0
-    assert profile["device_busy_ms_per_step"] is None  # only CUDA reports the device's own time
+    assert profile["kernel_ms_per_step"] is None  # only CUDA reports the device's own time
     text = table.read_text()
     assert "Self CPU" in text and "aten::" in text  # torch.profiler's table of the top operations
 
